@@ -1,0 +1,9 @@
+"""framepress: training-free visual-token compression for video large language models."""
+
+from . import methods as _methods  # noqa: F401  (registers the built-in methods)
+from .api import compress, methods
+from .registry import register
+from .tokens import Tokens
+
+__all__ = ["Tokens", "compress", "methods", "register"]
+__version__ = "0.1.0"

@@ -1,0 +1,39 @@
+"""The one entry point: ``compress(x, method, retention=None, **params)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import budget as _budget
+from . import checks, registry
+from .tokens import Tokens
+
+
+def compress(x: torch.Tensor, method: str, retention: float | None = None, **params: Any) -> Tokens:
+    """Compress visual features ``x`` [T, H, W, C] (frames x grid x channels) with a registered method.
+
+    Args:
+        x: floating-point features, e.g. the projector output of a Video-LLM for T sampled frames.
+        method: a name from :func:`methods`.
+        retention: share of the T*H*W input tokens to keep, in (0, 1]: a budget of
+            ``max(1, round(retention * T*H*W))`` tokens. None runs the method's own default setting.
+        **params: the method's parameters (see ``framepress methods``).
+
+    Returns:
+        :class:`~framepress.Tokens`; ``info`` says what the method chose.
+    """
+    spec = registry.get(method)
+    x = checks.features(x)
+    retention = checks.retention(retention)
+    params = spec.bind(params)
+    T, H, W, _ = x.shape
+    budget = None if retention is None else _budget.tokens_for(retention, T * H * W)
+    with torch.inference_mode():
+        return spec.fn(x, budget, **params)
+
+
+def methods() -> list[str]:
+    """The names of the registered methods."""
+    return registry.names()

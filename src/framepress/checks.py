@@ -1,0 +1,67 @@
+"""Argument checks that turn bad input into a clear error naming the argument.
+
+Every public entry point calls these before any torch work, so a user never sees a deep torch traceback or a
+silently wrong answer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+
+def features(x: Any, name: str = "x") -> torch.Tensor:
+    """A finite floating [T, H, W, C] tensor with no empty dimension."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [T, H, W, C], got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have shape [T, H, W, C] (4 dims), got {x.ndim} dims {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32, float64), got {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return x
+
+
+def retention(r: Any) -> float | None:
+    """None, or a number in (0, 1]."""
+    if r is None:
+        return None
+    if isinstance(r, bool) or not isinstance(r, (int, float)):
+        raise TypeError(f"retention must be a number in (0, 1], got {type(r).__name__}")
+    r = float(r)
+    if not (0.0 < r <= 1.0):
+        raise ValueError(f"retention must be in (0, 1], got {r}")
+    return r
+
+
+def number(name: str, value: Any, lo: float = -math.inf, hi: float = math.inf) -> float:
+    """A finite real number in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or not (lo <= value <= hi):
+        raise ValueError(f"{name} must be a finite number in [{lo}, {hi}], got {value}")
+    return value
+
+
+def integer(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> int:
+    """An int (not a bool) in [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def choice(name: str, value: Any, options: Iterable[str]) -> str:
+    """One of a fixed set of names."""
+    options = tuple(options)
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
+    return value

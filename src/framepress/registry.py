@@ -1,0 +1,96 @@
+"""The method registry: a method is one module and one ``@register`` decorator (as in timm).
+
+A registered method is a pure function ``fn(x, budget, **params) -> Tokens`` over a [T, H, W, C] tensor:
+``budget`` is the number of output tokens asked for (``None`` means the method's own default setting), and
+``params`` are its keyword-only parameters. The decorator reads the parameters and their defaults from the
+signature, so the table of methods and the check for unknown parameters never drift from the code.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .tokens import Tokens
+
+BUDGET_KINDS = {
+    "exact": "returns exactly the budget",
+    "steps": "returns the largest natural setting within the budget",
+    "search": "searches its thresholds: at most the budget, at least 98% of it",
+}
+
+_REQUIRED = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered compression method and what the table of methods says about it."""
+
+    name: str
+    fn: Callable[..., Tokens]
+    paper: str
+    budget: str
+    stage: str
+    query_aware: bool
+    params: Mapping[str, Any]
+
+    @property
+    def summary(self) -> str:
+        doc = inspect.getdoc(self.fn) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(k for k, v in self.params.items() if v is _REQUIRED)
+
+    def bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Check parameter names against the signature; unknown or missing ones raise naming the argument."""
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            accepted = ", ".join(self.params) or "none"
+            raise ValueError(
+                f"unknown parameter(s) {', '.join(unknown)} for method {self.name!r}; it accepts: {accepted}"
+            )
+        missing = [k for k in self.required if k not in params]
+        if missing:
+            raise ValueError(f"method {self.name!r} needs the parameter(s) {', '.join(missing)}")
+        return dict(params)
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register(
+    name: str, *, paper: str, budget: str, stage: str = "pre-llm", query_aware: bool = False
+) -> Callable[[Callable[..., Tokens]], Callable[..., Tokens]]:
+    """Register ``fn(x, budget, *, **params)`` under ``name``."""
+    if budget not in BUDGET_KINDS:
+        raise ValueError(f"budget must be one of {sorted(BUDGET_KINDS)}, got {budget!r}")
+
+    def decorate(fn: Callable[..., Tokens]) -> Callable[..., Tokens]:
+        if name in _METHODS:
+            raise ValueError(f"a method named {name!r} is already registered")
+        sig = inspect.signature(fn)
+        params = {
+            p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
+        }
+        _METHODS[name] = Method(name, fn, paper, budget, stage, query_aware, params)
+        return fn
+
+    return decorate
+
+
+def get(name: str) -> Method:
+    """The method registered as ``name``; an unknown name raises listing the known ones."""
+    if not isinstance(name, str):
+        raise TypeError(f"method must be a method name (str), got {type(name).__name__}")
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}") from None
+
+
+def names() -> list[str]:
+    return sorted(_METHODS)
