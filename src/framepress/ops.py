@@ -7,6 +7,9 @@ the official codes do after up-casting from the model dtype.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Union
+
 import torch
 
 
@@ -28,13 +31,47 @@ def normalize_shifted(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x / (x.norm(dim=-1, keepdim=True) + eps)
 
 
-def pair_dot(a: torch.Tensor, b: torch.Tensor, pairs: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """``(a[pairs[:, 0]] * b[pairs[:, 1]]).sum(-1)`` for [L, 2] index pairs, gathered in chunks so that
-    memory stays at ``chunk`` rows whatever L is."""
-    out = a.new_empty(pairs.shape[0])
-    for s in range(0, pairs.shape[0], chunk):
-        p = pairs[s : s + chunk]
-        out[s : s + chunk] = (a[p[:, 0]] * b[p[:, 1]]).sum(-1)
+#: Work on CPU in slices of about this many bytes: large temporaries cost page faults, small ones stay cached.
+CPU_CHUNK_BYTES = 8 << 20
+
+
+def chunks(n: int, bytes_per_item: int, device: torch.device) -> list[slice]:
+    """Slices of ``range(n)`` of about ``CPU_CHUNK_BYTES`` each on CPU (one slice elsewhere)."""
+    step = n if device.type != "cpu" else max(1, CPU_CHUNK_BYTES // max(1, bytes_per_item))
+    return [slice(s, min(s + step, n)) for s in range(0, n, max(1, step))]
+
+
+def frame_chunks(x: torch.Tensor) -> list[slice]:
+    """Slices over the first dim of ``x`` (frames), each about ``CPU_CHUNK_BYTES`` in the compute dtype."""
+    per_frame = x[0].numel() * torch.finfo(compute_dtype(x.dtype)).bits // 8 if x.shape[0] else 1
+    return chunks(x.shape[0], per_frame, x.device)
+
+
+Rows = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+"""A [M, C] tensor, or a function from row indices to those rows (to gather lazily from a larger store)."""
+
+
+def _take(rows: Rows, index: torch.Tensor) -> torch.Tensor:
+    return rows(index) if callable(rows) else rows[index]
+
+
+def _row_chunks(rows: Rows, n: int, index_device: torch.device, per_row_items: int = 1) -> tuple[list[slice], torch.Tensor]:
+    """Chunks over n items of ``per_row_items`` rows each, and a sample row (for dtype, size and device)."""
+    sample = _take(rows, torch.zeros(1, dtype=torch.long, device=index_device))
+    per_item = per_row_items * sample.shape[1] * torch.finfo(compute_dtype(sample.dtype)).bits // 8
+    return chunks(n, per_item, sample.device), sample
+
+
+def pair_cosine(rows: Rows, pairs: torch.Tensor, unit=normalize) -> torch.Tensor:
+    """``(unit(rows[i]) * unit(rows[j])).sum(-1)`` for each (i, j) of [L, 2] ``pairs``, a chunk of pairs at a
+    time, so memory stays small whatever L is. ``unit`` is the row normalization (it fixes the rounding)."""
+    if not pairs.shape[0]:
+        return torch.empty(0, device=pairs.device)
+    parts, sample = _row_chunks(rows, pairs.shape[0], pairs.device, per_row_items=2)
+    out = torch.empty(pairs.shape[0], dtype=compute_dtype(sample.dtype), device=sample.device)
+    for part in parts:
+        p = pairs[part]
+        out[part] = (unit(_take(rows, p[:, 0])) * unit(_take(rows, p[:, 1]))).sum(-1)
     return out
 
 
@@ -83,12 +120,16 @@ def dense_labels(label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rank[label], torch.nonzero(is_root).squeeze(1)
 
 
-def group_mean(x: torch.Tensor, group: torch.Tensor, n_groups: int, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of the rows of ``x`` [M, C] in each of ``n_groups`` groups (``group`` [M] in [0, n_groups)),
-    weighted by ``weight`` [M] if given. Accumulated in float32 (float64 for float64), returned in x's dtype."""
-    cd = compute_dtype(x.dtype)
-    w = torch.ones(x.shape[0], dtype=cd, device=x.device) if weight is None else weight.to(cd)
-    total = torch.zeros(n_groups, x.shape[1], dtype=cd, device=x.device)
-    total.index_add_(0, group, x.to(cd) * w[:, None] if weight is not None else x.to(cd))
-    count = torch.zeros(n_groups, dtype=cd, device=x.device).index_add_(0, group, w)
-    return (total / count[:, None]).to(x.dtype)
+def group_mean(rows: Rows, group: torch.Tensor, n_groups: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of the M rows in each of ``n_groups`` groups (``group`` [M] in [0, n_groups)), weighted by
+    ``weight`` [M] if given. Rows are summed in their order, a chunk at a time, in float32 (float64 for float64),
+    and the result is returned in the rows' dtype."""
+    parts, sample = _row_chunks(rows, group.numel(), group.device)
+    cd = compute_dtype(sample.dtype)
+    total = torch.zeros(n_groups, sample.shape[1], dtype=cd, device=sample.device)
+    for part in parts:
+        x = _take(rows, torch.arange(part.start, part.stop, device=group.device)).to(cd)
+        total.index_add_(0, group[part], x if weight is None else x * weight[part, None].to(cd))
+    w = torch.ones(group.numel(), dtype=cd, device=group.device) if weight is None else weight.to(cd)
+    count = torch.zeros(n_groups, dtype=cd, device=group.device).index_add_(0, group, w)
+    return total.div_(count[:, None]).to(sample.dtype)

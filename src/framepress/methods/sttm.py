@@ -1,20 +1,19 @@
 """STTM: multi-granular spatio-temporal token merging (Hyun et al., ICCV 2025; specs/sttm.md).
 
-Step 1 (spatial, spec §2.2-2.4): each frame is a quadtree over a 2x2-average pyramid. A node stops (becomes one
+Step 1, spatial (spec §2.2-2.4): each frame is a quadtree over a 2x2-average pyramid. A node stops (becomes one
 token) when its cosine to each of its four child slots is >= ``tau_s``; otherwise its children are searched one
-level finer; leaves always stop. Step 2 (temporal, §2.5): nodes of consecutive frames whose boxes nest are
-merged when their cosine is >= ``tau_t``; each group becomes the mean of its members, placed at its earliest,
+level finer; leaves always stop. Step 2, temporal (§2.5): nodes of consecutive frames whose boxes nest merge
+when their cosine is >= ``tau_t``; each group becomes the mean of its members, placed at its earliest,
 top-left-most member.
 
-The whole pyramid is evaluated densely, level by level (no loop over tokens or nodes): a node is emitted
-exactly when its own min-slot cosine reaches ``tau_s`` and no ancestor's does. That makes the token count of any
-``tau_s`` a cheap mask, which is what the budget search (:func:`sttm` with ``budget``) exploits. The default
-output equals the official code's token for token, including its two quirks (§2.3.2, §2.5.3).
+Here the whole pyramid is scored densely, level by level: a node is emitted exactly when its own min-slot
+cosine reaches ``tau_s`` and no ancestor's does. So the spatial tokens of any ``tau_s`` are one mask, which the
+budget search exploits. The default output equals the official code's token for token, quirks included
+(§2.3.2 missing child slots, §2.5.3 the early-stopping grouping loop).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -29,9 +28,10 @@ GROUPINGS = ("official", "exact")
 INVALID_SLOTS = ("top_left", "ignore")
 _GROUP = {"official": ops.min_label_official, "exact": ops.connected_components}
 
-#: Budget mode without user thresholds searches the diagonal tau_t = tau_s - TAU_GAP (the paper's tuned pairs,
-#: e.g. 0.85/0.65 and 0.80/0.60, sit near it); tau_t never goes below 0, where negative means "off".
+#: Without user thresholds the budget search walks the diagonal tau_t = tau_s - TAU_GAP: the paper's tuned
+#: pairs (0.85/0.65, 0.80/0.60, 0.90/0.65, ...) sit near it. The search keeps tau_t >= 0 (negative means off).
 TAU_GAP = 0.2
+DEFAULT_TAU_S, DEFAULT_TAU_T = 0.8, 0.6
 
 
 def level_sizes(h: int, w: int) -> list[tuple[int, int]]:
@@ -46,205 +46,211 @@ def level_sizes(h: int, w: int) -> list[tuple[int, int]]:
     return sizes
 
 
-@dataclass(frozen=True)
+def _blocks(n: int) -> list[tuple[slice, slice, slice | None]]:
+    """How a side of length n pools to ceil(n/2) (spec §2.2): (parent range, first children, second children).
+
+    An odd side keeps index 0 single (no second child) and pairs (1, 2), (3, 4), ...; every range is a strided
+    slice, so pooling and scoring read views, never copies."""
+    m = (n + 1) // 2
+    if n % 2 == 0:
+        return [(slice(0, m), slice(0, n, 2), slice(1, n, 2))]
+    return [(slice(0, 1), slice(0, 1), None)] + ([(slice(1, m), slice(1, n, 2), slice(2, n, 2))] if m > 1 else [])
+
+
 class _Axis:
-    """One spatial axis through the used pyramid levels, root first (spec §2.2, odd sides keep index 0 single).
+    """One spatial axis through the used pyramid levels, root first.
 
-    For a non-leaf level l: ``first[l]`` / ``second[l]`` give each index's children at level l+1 (``second`` is 0
-    where there is only one, and ``has_second`` says which), ``up[l]`` the parent of each index of level l+1.
-    For every level: ``start``/``end`` the leaf interval of each index, ``of_leaf`` the index holding each leaf.
-    """
+    ``start[l]``/``end[l]``: the leaf interval of each index of level l; ``of_leaf[l]``: the level-l index
+    holding each leaf; ``blocks[l]`` (non-leaf levels): how level l+1 pools into level l."""
 
-    lengths: tuple[int, ...]
-    first: tuple[torch.Tensor, ...]
-    second: tuple[torch.Tensor, ...]
-    has_second: tuple[torch.Tensor, ...]
-    up: tuple[torch.Tensor, ...]
-    start: tuple[torch.Tensor, ...]
-    end: tuple[torch.Tensor, ...]
-    of_leaf: tuple[torch.Tensor, ...]
-
-    @classmethod
-    def build(cls, lengths: list[int], device: torch.device) -> _Axis:
-        first, second, has_second, up = [], [], [], []
-        for m, n in zip(lengths[:-1], lengths[1:]):
-            i = torch.arange(m, device=device)
-            r = torch.arange(n, device=device)
-            if n % 2:  # index 0 alone, then pairs (1, 2), (3, 4), ...
-                first.append(torch.where(i == 0, 0, 2 * i - 1))
-                has_second.append(i > 0)
-                second.append(torch.where(i == 0, 0, 2 * i))
-                up.append((r + 1) // 2)
-            else:
-                first.append(2 * i)
-                has_second.append(torch.ones(m, dtype=torch.bool, device=device))
-                second.append(2 * i + 1)
-                up.append(r // 2)
+    def __init__(self, lengths: list[int], device: torch.device):
+        self.lengths = lengths
+        self.blocks = [_blocks(n) for n in lengths[1:]]
         leaf = torch.arange(lengths[-1], device=device)
-        start, end, of_leaf = [leaf], [leaf + 1], [leaf]
-        for f, s, u in zip(reversed(first), reversed(second), reversed(up)):
-            start.insert(0, start[0][f])
-            end.insert(0, end[0][s])
-            of_leaf.insert(0, u[of_leaf[0]])
-        return cls(tuple(lengths), *map(tuple, (first, second, has_second, up, start, end, of_leaf)))
+        self.of_leaf = [leaf]
+        for n in reversed(lengths[1:]):
+            up = (torch.arange(n, device=device) + n % 2) // 2  # parent of each child index
+            self.of_leaf.insert(0, up[self.of_leaf[0]])
+        self.start, self.end = [], []
+        for m, owner in zip(lengths, self.of_leaf):
+            self.start.append(torch.full((m,), lengths[-1], device=device).scatter_reduce(0, owner, leaf, "amin"))
+            self.end.append(torch.zeros(m, dtype=torch.long, device=device).scatter_reduce(0, owner, leaf + 1, "amax"))
 
-    def take(self, t: torch.Tensor, dim: int, level: int, which: str) -> torch.Tensor:
-        """Children (``which`` = first/second) of every index of ``level``, taken along ``dim`` of ``t``."""
-        if self.lengths[level + 1] % 2 == 0:  # a strided view, no copy
-            sl = [slice(None)] * t.ndim
-            sl[dim] = slice(0 if which == "first" else 1, None, 2)
-            return t[tuple(sl)]
-        return t.index_select(dim, getattr(self, which)[level])
+    def down(self, coarse: int, fine: int) -> torch.Tensor:
+        """For each index of level ``fine``, the index of level ``coarse`` that holds it."""
+        return self.of_leaf[coarse][self.start[fine]]
 
 
 class _Quadtree:
-    """The dense quadtree of one video: pyramid values, every node's min-slot cosine, and node geometry.
+    """The dense quadtree of one video: pyramid values, every node's min-slot cosine, node geometry.
 
-    Nodes of all levels share one id space, level by level (root level first), row-major over (t, i, j)
-    within a level. A node's key ``t*H*W + y0*W + x0`` (its top-left leaf) orders the output (spec §2.4).
+    Nodes of all levels share one id space, level by level from the root, row-major over (t, i, j) within a
+    level. A node's key ``t*H*W + y0*W + x0`` (its top-left leaf) orders the output (spec §2.4).
     """
 
     def __init__(self, x: torch.Tensor, root_level: int, invalid_slots: str):
-        T, H, W, _ = x.shape
+        T, H, W, C = x.shape
         sizes = level_sizes(H, W)
         root = root_level if root_level >= 0 else len(sizes) + root_level
         sizes = sizes[min(root, len(sizes) - 1) :]
-        dev = x.device
-        self.x, self.grid = x, (T, H, W)
-        self.rows = _Axis.build([h for h, _ in sizes], dev)
-        self.cols = _Axis.build([w for _, w in sizes], dev)
+        self.x, self.grid, self.sizes = x, (T, H, W), sizes
+        self.rows = _Axis([h for h, _ in sizes], x.device)
+        self.cols = _Axis([w for _, w in sizes], x.device)
         self.n_levels = len(sizes)
-        self.levels, self.min_sim = self._pyramid(x, invalid_slots)
+        self.cd = ops.compute_dtype(x.dtype)
+        self.levels = [x.new_empty(T, h, w, C) for h, w in sizes[:-1]] + [x]
+        self.min_sim = [torch.empty(T, h, w, dtype=self.cd, device=x.device) for h, w in sizes[:-1]]
+        for frames in ops.frame_chunks(x):
+            self._score(frames, invalid_slots)
         counts = [T * h * w for h, w in sizes]
-        self.offsets = [sum(counts[:lvl]) for lvl in range(self.n_levels)]
-        self.n_nodes = sum(counts)
+        self.offsets = [sum(counts[:lvl]) for lvl in range(self.n_levels + 1)]
 
-    def _pyramid(self, x: torch.Tensor, invalid_slots: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Pool level by level (spec §2.2) and score every parent against its 4 child slots (§2.3)."""
-        rows, cols, L = self.rows, self.cols, self.n_levels - 1
-        cd = ops.compute_dtype(x.dtype)
-        levels: list[torch.Tensor] = [x]
-        min_sim: list[torch.Tensor] = []
-        child_hat = ops.normalize(x) if L else None
-        for lvl in reversed(range(L)):
-            child = levels[0]
-            row_second = rows.has_second[lvl].to(cd)[:, None, None]
-            col_second = cols.has_second[lvl].to(cd)[None, :, None]
-            slots, slot_hats = [], []
-            for r in ("first", "second"):
-                for c in ("first", "second"):
-                    slots.append(cols.take(rows.take(child, 1, lvl, r), 2, lvl, c))
-                    slot_hats.append(cols.take(rows.take(child_hat, 1, lvl, r), 2, lvl, c))
-            # the official order of the sum (top-left, top-right, bottom-left, bottom-right) keeps it bit-exact
-            total = slots[0].to(cd) + slots[1] * col_second
-            total = total + slots[2] * row_second
-            total = total + slots[3] * (row_second * col_second)
-            parent = (total / ((1 + row_second) * (1 + col_second))).to(x.dtype)
-            parent_hat = ops.normalize(parent)
-            sims = torch.stack([(parent_hat * h).sum(-1) for h in slot_hats], -1)  # [T, h, w, 4]
-            shape = parent.shape[1:3]
-            rs = rows.has_second[lvl][:, None].expand(shape)
-            cs = cols.has_second[lvl][None, :].expand(shape)
-            missing = torch.stack([torch.zeros_like(rs), ~cs, ~rs, ~(rs & cs)], -1)  # slots with no child
-            if bool(missing.any()):
-                if invalid_slots == "ignore":
-                    fill = torch.full_like(sims[..., 0], torch.inf)
-                else:  # the official code compares a missing slot with the frame's top-left child (§2.3.2)
-                    fill = (parent_hat * child_hat[:, :1, :1]).sum(-1)
-                sims = torch.where(missing, fill[..., None], sims)
-            levels.insert(0, parent)
-            min_sim.insert(0, sims.amin(-1))
-            child_hat = parent_hat
-        return levels, min_sim
+    @property
+    def n_nodes(self) -> int:
+        return self.offsets[-1]
+
+    def _score(self, frames: slice, invalid_slots: str) -> None:
+        """Pool the frames level by level (spec §2.2) and score each parent against its 4 child slots (§2.3)."""
+        child = self.x[frames]
+        child_hat = ops.normalize(child)
+        for lvl in reversed(range(self.n_levels - 1)):
+            parent = self.levels[lvl][frames]
+            parent_hat = torch.empty(parent.shape, dtype=self.cd, device=parent.device)
+            sims = self.min_sim[lvl][frames]
+            for pr, r0, r1 in self.rows.blocks[lvl]:
+                for pc, c0, c1 in self.cols.blocks[lvl]:
+                    slots = [(r0, c0), (r0, c1), (r1, c0), (r1, c1)]  # top-left, top-right, bottom-left, bottom-right
+                    present = [child[:, r, c] for r, c in slots if r is not None and c is not None]
+                    total = present[0].to(self.cd)
+                    for part in present[1:]:  # the official order of the sum keeps it bit-exact
+                        total = total + part
+                    block = (total / len(present)).to(parent.dtype)
+                    block_hat = ops.normalize(block)
+                    parent[:, pr, pc] = block
+                    parent_hat[:, pr, pc] = block_hat
+                    slot_sims = []
+                    for r, c in slots:
+                        if r is not None and c is not None:
+                            slot_sims.append((block_hat * child_hat[:, r, c]).sum(-1))
+                        elif invalid_slots == "top_left":  # the official code compares the frame's top-left child
+                            slot_sims.append((block_hat * child_hat[:, :1, :1]).sum(-1))
+                    sims[:, pr, pc] = torch.stack(slot_sims, -1).amin(-1)
+            child, child_hat = parent, parent_hat
 
     @cached_property
     def ancestor_max(self) -> list[torch.Tensor]:
         """Per level, the largest min-slot cosine among a node's ancestors (-inf at the root)."""
-        out = [torch.full_like(self.min_sim[0], -torch.inf)] if self.min_sim else [None]
+        out = [torch.full_like(self.min_sim[0], -torch.inf)]
         for lvl in range(self.n_levels - 1):
             m = torch.maximum(out[lvl], self.min_sim[lvl])
-            out.append(m[:, self.rows.up[lvl]][:, :, self.cols.up[lvl]])
+            fine = lvl + 1
+            out.append(m[:, self.rows.down(lvl, fine)][:, :, self.cols.down(lvl, fine)])
         return out
 
-    def emitted(self, tau_s: float) -> list[torch.Tensor]:
-        """Per level, [T, h, w] bool: the nodes that become tokens at ``tau_s``."""
+    def emitted(self, tau_s: float) -> torch.Tensor:
+        """[n_nodes] bool: the nodes that become spatial tokens at ``tau_s``."""
         if self.n_levels == 1:
-            return [torch.ones(self.grid, dtype=torch.bool, device=self.x.device)]
+            return torch.ones(self.n_nodes, dtype=torch.bool, device=self.x.device)
         anc = self.ancestor_max
-        out = [(anc[lvl] < tau_s) & (self.min_sim[lvl] >= tau_s) for lvl in range(self.n_levels - 1)]
-        return out + [anc[-1] < tau_s]
-
-    def level_keys(self, lvl: int) -> torch.Tensor:
-        """[T, h, w] key of every node of a level."""
-        T, H, W = self.grid
-        t = torch.arange(T, device=self.x.device)[:, None, None] * (H * W)
-        return t + self.rows.start[lvl][None, :, None] * W + self.cols.start[lvl][None, None, :]
-
-    def leaf_ids(self) -> torch.Tensor:
-        """[L, T, H, W]: the id of the node of each level that holds each leaf."""
-        T, H, W = self.grid
-        out = []
-        for lvl in range(self.n_levels):
-            h, w = self.rows.lengths[lvl], self.cols.lengths[lvl]
-            t = torch.arange(T, device=self.x.device)[:, None, None] * (h * w)
-            local = self.rows.of_leaf[lvl][None, :, None] * w + self.cols.of_leaf[lvl][None, None, :]
-            out.append(self.offsets[lvl] + t + local)
-        return torch.stack(out)
+        per_level = [(anc[lvl] < tau_s) & (self.min_sim[lvl] >= tau_s) for lvl in range(self.n_levels - 1)]
+        return self.flat(per_level + [anc[-1] < tau_s])
 
     def flat(self, per_level: list[torch.Tensor]) -> torch.Tensor:
         """Concatenate a per-level [T, h, w, ...] table into the shared node-id space."""
         return torch.cat([p.reshape(-1, *p.shape[3:]) for p in per_level])
 
+    def _per_level(self, fn) -> torch.Tensor:
+        T = self.grid[0]
+        t = torch.arange(T, device=self.x.device)[:, None, None]
+        return self.flat([fn(lvl, t, h, w) for lvl, (h, w) in enumerate(self.sizes)])
+
     @cached_property
     def keys(self) -> torch.Tensor:
-        return self.flat([self.level_keys(lvl) for lvl in range(self.n_levels)])
+        _, H, W = self.grid
+        return self._per_level(
+            lambda lvl, t, h, w: t * (H * W) + self.rows.start[lvl][None, :, None] * W + self.cols.start[lvl][None, None, :]
+        )
 
     @cached_property
     def boxes(self) -> torch.Tensor:
-        T = self.grid[0]
-        per_level = []
-        for lvl in range(self.n_levels):
-            h, w = self.rows.lengths[lvl], self.cols.lengths[lvl]
-            t = torch.arange(T, device=self.x.device)[:, None, None].expand(T, h, w)
+        def level_boxes(lvl, t, h, w):
+            T = t.shape[0]
             y0, y1 = (v[None, :, None].expand(T, h, w) for v in (self.rows.start[lvl], self.rows.end[lvl]))
             x0, x1 = (v[None, None, :].expand(T, h, w) for v in (self.cols.start[lvl], self.cols.end[lvl]))
-            per_level.append(torch.stack([t, y0, x0, y1, x1], -1))
-        return self.flat(per_level)
+            return torch.stack([t.expand(T, h, w), y0, x0, y1, x1], -1)
+
+        return self._per_level(level_boxes)
+
+    def leaf_ids(self) -> torch.Tensor:
+        """[L, T, H, W]: the id of the node of each level that holds each leaf."""
+        T = self.grid[0]
+        t = torch.arange(T, device=self.x.device)[:, None, None]
+        return torch.stack(
+            [
+                self.offsets[lvl] + t * (h * w) + self.rows.of_leaf[lvl][None, :, None] * w + self.cols.of_leaf[lvl][None, None, :]
+                for lvl, (h, w) in enumerate(self.sizes)
+            ]
+        )
 
     def features(self, ids: torch.Tensor) -> torch.Tensor:
         """[len(ids), C] pyramid values of the nodes ``ids``."""
         C = self.x.shape[-1]
         out = self.x.new_empty(ids.numel(), C)
-        for lvl in range(self.n_levels):
-            lo, hi = self.offsets[lvl], self.offsets[lvl + 1] if lvl + 1 < self.n_levels else self.n_nodes
-            sel = (ids >= lo) & (ids < hi)
-            if bool(sel.any()):
-                out[sel] = self.levels[lvl].reshape(-1, C)[ids[sel] - lo]
+        for lvl, level in enumerate(self.levels):
+            pos = torch.nonzero((ids >= self.offsets[lvl]) & (ids < self.offsets[lvl + 1])).squeeze(1)
+            local = ids[pos] - self.offsets[lvl]
+            for rows in ops.chunks(pos.numel(), C * self.x.element_size(), self.x.device):
+                out.index_copy_(0, pos[rows], level.reshape(-1, C).index_select(0, local[rows]))
         return out
 
     @cached_property
     def all_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every nesting pair of nodes of consecutive frames, over all levels, and its temporal cosine.
+        """Every nesting pair (earlier, later) of nodes of consecutive frames, over all levels, and its temporal
+        cosine. Whatever ``tau_s`` emits, its temporal candidates are among these: the budget search's table.
 
-        Used by the budget search: whatever ``tau_s`` emits, its temporal candidates are a subset of these.
-        """
-        ids = self.leaf_ids()  # [L, T, H, W]
-        L = ids.shape[0]
-        earlier = ids[:, None, :-1].expand(L, L, -1, -1, -1).reshape(-1)
-        later = ids[None, :, 1:].expand(L, L, -1, -1, -1).reshape(-1)
-        pairs = torch.unique(torch.stack([earlier, later], 1), dim=0)
-        hat = ops.normalize_shifted(self.flat(self.levels))
-        return pairs, ops.pair_dot(hat, hat, pairs)
+        A pair is a node and the node of another level that holds it (or the same position on one level), so
+        each level pair is one gather of the coarser level onto the finer grid."""
+        T = self.grid[0]
+        pairs, sims = [], []
+        for coarse in range(self.n_levels):
+            for fine in range(coarse, self.n_levels):
+                rows, cols = self.rows.down(coarse, fine), self.cols.down(coarse, fine)
+                h, w = self.sizes[fine]
+                hc, wc = self.sizes[coarse]
+                fine_id = self.offsets[fine] + torch.arange(T * h * w, device=self.x.device).reshape(T, h, w)
+                t = torch.arange(T, device=self.x.device)[:, None, None]
+                coarse_id = self.offsets[coarse] + t * (hc * wc) + rows[None, :, None] * wc + cols[None, None, :]
+                directions = [(coarse_id[:-1], fine_id[1:], False)]  # the coarse node is the earlier one
+                if fine != coarse:
+                    directions.append((fine_id[:-1], coarse_id[1:], True))
+                for earlier, later, fine_first in directions:
+                    pairs.append(torch.stack([earlier.reshape(-1), later.reshape(-1)], 1))
+                    sims.append(self._level_pair_cosines(coarse, fine, rows, cols, fine_first))
+        return torch.cat(pairs), torch.cat(sims)
+
+    def _level_pair_cosines(self, coarse, fine, rows, cols, fine_first) -> torch.Tensor:
+        """[T-1, h, w] temporal cosines between each node of level ``fine`` and the node of level ``coarse``
+        holding it, in the next frame (``fine_first``) or the previous one."""
+        out = []
+        coarse_level, fine_level = self.levels[coarse], self.levels[fine]
+        for frames in ops.frame_chunks(fine_level[1:]):
+            earlier = slice(frames.start, frames.stop)
+            later = slice(frames.start + 1, frames.stop + 1)
+            f_t, c_t = (earlier, later) if fine_first else (later, earlier)
+            f = ops.normalize_shifted(fine_level[f_t])
+            c = ops.normalize_shifted(coarse_level[c_t][:, rows][:, :, cols])
+            out.append((c * f).sum(-1))
+        return torch.cat(out).reshape(-1)
 
 
 def _merge_pairs(
     pairs: torch.Tensor, sims: torch.Tensor, tau_t: float, variant: str, frame_of: torch.Tensor
 ) -> torch.Tensor:
-    """Kept temporal pairs (earlier, later), ascending: those with cosine >= tau_t, thinned by the variant.
+    """Kept temporal pairs (earlier, later): those with cosine >= tau_t, thinned by the variant.
 
-    "slow" replicates the official slow path (spec §2.6, pinned by the golden vectors): per pair of frames, the
+    "slow" replicates the official slow path (spec §2.6, pinned by the golden vectors): per pair of frames the
     passing pairs are sorted by descending cosine and a pair is dropped when the pair before it has the same
-    later node; so a later node keeps its best match and any others that are not adjacent to it in that order.
+    later node; so a later node keeps its best match and any others not adjacent to it in that order.
     "best" keeps exactly each later node's most similar earlier node (ties: the smaller earlier index).
     """
     keep = sims >= tau_t
@@ -255,54 +261,57 @@ def _merge_pairs(
     if variant == "slow":
         order = torch.sort(-sims, stable=True).indices
         order = order[torch.sort(frame_of[later[order]], stable=True).indices]
-        later_sorted, frame_sorted = later[order], frame_of[later[order]]
+        later_sorted = later[order]
         drop = torch.zeros_like(later_sorted, dtype=torch.bool)
-        drop[1:] = (later_sorted[1:] == later_sorted[:-1]) & (frame_sorted[1:] == frame_sorted[:-1])
+        drop[1:] = later_sorted[1:] == later_sorted[:-1]  # one later node never spans two frame pairs
         return pairs[order[~drop]]
     n = int(later.max()) + 1
-    best = torch.full((n,), -torch.inf, dtype=sims.dtype, device=sims.device)
-    best = best.scatter_reduce(0, later, sims, reduce="amax")
+    best = torch.full((n,), -torch.inf, dtype=sims.dtype, device=sims.device).scatter_reduce(0, later, sims, "amax")
     is_best = sims == best[later]
     first = torch.full((n,), n, dtype=pairs.dtype, device=pairs.device)
-    first = first.scatter_reduce(0, later, torch.where(is_best, pairs[:, 0], n), reduce="amin")
+    first = first.scatter_reduce(0, later, torch.where(is_best, pairs[:, 0], n), "amin")
     return pairs[is_best & (pairs[:, 0] == first[later])]
 
 
 class _Merge:
-    """One (tau_s, tau_t) applied to a quadtree: the spatial tokens, then their temporal groups."""
+    """The spatial tokens of one ``tau_s``, and their temporal groups for a ``tau_t``."""
 
     def __init__(self, tree: _Quadtree, tau_s: float):
         self.tree = tree
-        emitted = tree.emitted(tau_s)
-        self.mask = tree.flat(emitted)  # [n_nodes] bool
+        self.mask = tree.emitted(tau_s)
         ids = torch.nonzero(self.mask).squeeze(1)
         self.ids = ids[torch.argsort(tree.keys[ids])]  # spatial tokens in output order (§2.4)
         self.n = self.ids.numel()
         self.frame = tree.boxes[self.ids, 0]
-        rank = torch.full((tree.n_nodes,), -1, dtype=torch.long, device=ids.device)
-        rank[self.ids] = torch.arange(self.n, device=ids.device)
-        self.rank = rank  # node id -> position among the spatial tokens
-        leaf_ids = tree.leaf_ids()
-        held = self.mask[leaf_ids]  # exactly one level holds each leaf
-        self.leaf_token = rank[(leaf_ids * held).sum(0)]  # [T, H, W]
+        self.rank = torch.full((tree.n_nodes,), -1, dtype=torch.long, device=ids.device)
+        self.rank[self.ids] = torch.arange(self.n, device=ids.device)  # node id -> spatial token index
 
-    def partition_pairs(self) -> torch.Tensor:
-        """Spatial tokens of consecutive frames whose boxes nest, as (earlier, later) positions (§2.5.1).
+    @cached_property
+    def leaf_token(self) -> torch.Tensor:
+        """[T, H, W]: the spatial token holding each leaf (exactly one level holds it)."""
+        leaf_ids = self.tree.leaf_ids()
+        return self.rank[(leaf_ids * self.mask[leaf_ids]).sum(0)]
 
-        Partitions of one quadtree nest wherever they overlap, so the pairs are the distinct
-        (token at t, token at t+1) over the leaves."""
-        a, b = self.leaf_token[:-1].reshape(-1), self.leaf_token[1:].reshape(-1)
-        return torch.unique(torch.stack([a, b], 1), dim=0)
-
-    def edges_from(self, all_pairs: tuple[torch.Tensor, torch.Tensor], tau_t: float, variant: str) -> torch.Tensor:
-        pairs, sims = all_pairs
-        inside = self.mask[pairs[:, 0]] & self.mask[pairs[:, 1]]
-        return _merge_pairs(self.rank[pairs[inside]], sims[inside], tau_t, variant, self.frame)
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Features of the spatial tokens ``index`` (gathered from the pyramid on demand)."""
+        return self.tree.features(self.ids[index])
 
     def edges(self, tau_t: float, variant: str) -> torch.Tensor:
-        pairs = self.partition_pairs()
-        hat = ops.normalize_shifted(self.tree.features(self.ids))
-        return _merge_pairs(pairs, ops.pair_dot(hat, hat, pairs), tau_t, variant, self.frame)
+        """Merge edges among the spatial tokens: nested tokens of consecutive frames (§2.5.1) that pass tau_t.
+
+        Partitions of one quadtree nest wherever they overlap, so the candidates are the distinct
+        (token at t, token at t+1) over the leaves."""
+        a, b = self.leaf_token[:-1].reshape(-1), self.leaf_token[1:].reshape(-1)
+        code = torch.unique(a * self.n + b)
+        pairs = torch.stack([code // self.n, code % self.n], 1)
+        sims = ops.pair_cosine(self.rows, pairs, ops.normalize_shifted)
+        return _merge_pairs(pairs, sims, tau_t, variant, self.frame)
+
+    def edges_from_table(self, tau_t: float, variant: str) -> torch.Tensor:
+        """The same edges, read off the quadtree's table of all nesting pairs (budget search)."""
+        pairs, sims = self.tree.all_pairs
+        inside = self.mask[pairs[:, 0]] & self.mask[pairs[:, 1]]
+        return _merge_pairs(self.rank[pairs[inside]], sims[inside], tau_t, variant, self.frame)
 
     def count(self, edges: torch.Tensor | None, grouping: str) -> int:
         if edges is None or not edges.numel():
@@ -311,16 +320,14 @@ class _Merge:
         return int((label == torch.arange(self.n, device=label.device)).sum())
 
     def tokens(self, edges: torch.Tensor | None, grouping: str, info: dict) -> Tokens:
-        tree = self.tree
-        feats = tree.features(self.ids)
-        boxes = tree.boxes[self.ids]
-        source = self.leaf_token.reshape(-1)
+        boxes, source = self.tree.boxes[self.ids], self.leaf_token.reshape(-1)
         if edges is not None and edges.numel():
             out_of, roots = ops.dense_labels(_GROUP[grouping](edges, self.n))
-            feats = ops.group_mean(feats, out_of, roots.numel())  # unweighted mean of members (§2.5.4)
-            boxes = boxes[roots]
-            source = out_of[source]
-        return Tokens.from_source(feats, boxes, source, tree.grid, info)
+            feats = ops.group_mean(self.rows, out_of, roots.numel())  # unweighted mean of members (§2.5.4)
+            boxes, source = boxes[roots], out_of[source]
+        else:
+            feats = self.tree.features(self.ids)
+        return Tokens.from_source(feats, boxes, source, self.tree.grid, info)
 
 
 @register("sttm", paper="Hyun et al., STTM, ICCV 2025 (arXiv 2507.07990)", budget="search")
@@ -338,24 +345,25 @@ def sttm(
     """Quadtree spatial merging, then temporal merging of nested nodes; query-agnostic.
 
     Args:
-        tau_s: spatial threshold; a node stops when its cosine to every child slot is >= tau_s. Values above 1
-            switch spatial merging off. Default 0.8 (the paper's 30% setting for LLaVA-Video).
-        tau_t: temporal threshold; nested nodes of consecutive frames merge when their cosine is >= tau_t.
-            A negative value switches temporal merging off. Default 0.6.
+        tau_s: spatial threshold: a node stops when its cosine to every child slot is >= tau_s; above 1 switches
+            spatial merging off. Default 0.8 (the paper's 30% setting for LLaVA-Video).
+        tau_t: temporal threshold: nested nodes of consecutive frames merge when their cosine is >= tau_t; a
+            negative value switches temporal merging off. Default 0.6.
         root_level: index of the root grid in the pyramid's level list, coarsest first (1: 4x4 roots on a 14x14
             grid, as in every official run; 0: 2x2; -1: the leaf grid, no spatial merging). Indices past the
-            leaf mean the leaf.
-        variant: "fast" merges each later node with every passing nested node (the official default, "top-left"
-            in the paper's Table 7); "slow" is the official slow path ("optimal"), which means to keep each later
-            node's best match but drops only duplicates adjacent in similarity order; "best" keeps exactly each
-            later node's most similar earlier node, as the paper describes "optimal".
+            leaf mean the leaf, so small grids work with the default.
+        variant: "fast" merges a later node with every passing nested node (official default, "top-left" in the
+            paper's Table 7); "slow" is the official slow path ("optimal"), which means to keep each later node's
+            best match but drops only duplicates adjacent in similarity order; "best" keeps exactly each later
+            node's most similar earlier node, as the paper describes "optimal".
         grouping: "official" replicates the official early-stopping grouping loop (spec §2.5.3); "exact" joins
             full connected components of the kept pairs.
         invalid_slots: "top_left" compares the missing child slots of odd-edge nodes with the frame's top-left
             child, as the official code does (spec §2.3.2); "ignore" tests only real children.
 
-    With a budget, the thresholds not given are searched (both on the diagonal tau_t = tau_s - 0.2, tau_t >= 0)
-    so that the output has at most ``budget`` and at least 98% of it; ``info`` reports what was chosen.
+    With a budget, the thresholds not given are searched (on the diagonal tau_t = tau_s - 0.2, tau_t >= 0, when
+    neither is given) so that the output has at most ``budget`` tokens and, where the thresholds allow it, at
+    least 98% of it. ``info`` reports the thresholds; passing them back reproduces the output exactly.
     """
     root_level = checks.integer("root_level", root_level)
     variant = checks.choice("variant", variant, VARIANTS)
@@ -368,19 +376,31 @@ def sttm(
     n_sizes = len(level_sizes(*x.shape[1:3]))
     if root_level < -n_sizes:
         raise ValueError(f"root_level must be >= {-n_sizes} for a {x.shape[1]}x{x.shape[2]} grid, got {root_level}")
+    if budget is not None and tau_s is not None and tau_t is not None:
+        raise ValueError("sttm: give retention or both tau_s and tau_t, not all three")
     tree = _Quadtree(x, root_level, invalid_slots)
     temporal = x.shape[0] > 1
 
-    if budget is None or (tau_s is not None and tau_t is not None):
-        if budget is not None:
-            raise ValueError("sttm: give either retention or both tau_s and tau_t, not all three")
-        tau_s = 0.8 if tau_s is None else tau_s
-        tau_t = 0.6 if tau_t is None else tau_t
+    if budget is None:
+        tau_s = DEFAULT_TAU_S if tau_s is None else tau_s
+        tau_t = DEFAULT_TAU_T if tau_t is None else tau_t
         merge = _Merge(tree, tau_s)
         edges = merge.edges(tau_t, variant) if temporal and tau_t >= 0 else None
         return merge.tokens(edges, grouping, {"tau_s": tau_s, "tau_t": tau_t})
+    return _fit_budget(tree, budget, tau_s, tau_t, variant, grouping, temporal)
 
-    fixed_s, fixed_t = tau_s, tau_t
+
+def _fit_budget(tree, budget, fixed_s, fixed_t, variant, grouping, temporal) -> Tokens:
+    """Search the thresholds not given for at most ``budget`` tokens and as close to it as they allow.
+
+    Every candidate is scored from the quadtree's tables (one spatial mask, the nesting-pair cosines, the
+    grouping loop on integers), never by re-running the method on the features."""
+    merges: dict[float, _Merge] = {}
+
+    def merge_at(s: float) -> _Merge:
+        if s not in merges:
+            merges[s] = _Merge(tree, s)
+        return merges[s]
 
     def thresholds(v: float) -> tuple[float, float]:
         if fixed_s is not None:
@@ -389,59 +409,45 @@ def sttm(
             return v, fixed_t
         return v, max(v - TAU_GAP, 0.0)
 
-    merges: dict[float, _Merge] = {}
-
-    def merge_at(s: float) -> _Merge:
-        if s not in merges:
-            merges[s] = _Merge(tree, s)
-        return merges[s]
-
-    def edges_at(v: float) -> tuple[_Merge, torch.Tensor | None]:
-        s, t = thresholds(v)
+    def count(s: float, t: float) -> int:
         m = merge_at(s)
-        if not temporal or t < 0:
-            return m, None
-        return m, m.edges_from(tree.all_pairs, t, variant)
+        return m.count(m.edges_from_table(t, variant) if temporal and t >= 0 else None, grouping)
 
-    def count_at(v: float) -> int:
-        m, e = edges_at(v)
-        return m.count(e, grouping)
-
-    lo, hi = (0.0, 1.01) if fixed_s is not None else (-1.0, 1.01 + (TAU_GAP if fixed_t is None else 0.0))
-    found = search_threshold(count_at, lo, hi, budget)
+    if fixed_s is not None:
+        lo, hi = 0.0, 1.01
+    else:
+        lo, hi = -1.0, 1.01 + (TAU_GAP if fixed_t is None else 0.0)
+    found = search_threshold(lambda v: count(*thresholds(v)), lo, hi, budget)
     if found is None:
-        floor = count_at(lo)
         raise ValueError(
-            f"retention asks for {budget} tokens, but sttm keeps at least {floor} on this "
-            f"{'x'.join(map(str, tree.grid))} grid with root_level={root_level}"
-            + (f" and tau_s={fixed_s}" if fixed_s is not None else "")
-            + (f" and tau_t={fixed_t}" if fixed_t is not None else "")
+            f"retention asks for {budget} tokens, but sttm keeps at least {count(*thresholds(lo))} on this "
+            f"{'x'.join(map(str, tree.grid))} grid with root_level={tree.sizes[0]} roots"
+            + (f", tau_s={fixed_s}" if fixed_s is not None else "")
+            + (f", tau_t={fixed_t}" if fixed_t is not None else "")
             + "; raise retention or lower root_level"
         )
-    count, (s, t) = found.count, thresholds(found.value)
+    n_tokens, (s, t) = found.count, thresholds(found.value)
     evaluations = found.evaluations
-    if count < BUDGET_FLOOR * budget and temporal and fixed_t is None:
-        # thresholds jump in steps; with tau_s fixed, tau_t can be set between any two pair cosines
-        spatial = {s} if found.above is None else {s, thresholds(found.above)[0]}
-        for s_try in sorted(spatial, reverse=True):
+    if n_tokens < BUDGET_FLOOR * budget and temporal and fixed_t is None:
+        # thresholds move the count in steps; with tau_s fixed, tau_t can sit between any two pair cosines
+        for s_try in sorted({s} | ({thresholds(found.above)[0]} if found.above is not None else set()), reverse=True):
             m = merge_at(s_try)
-            inside = m.mask[tree.all_pairs[0][:, 0]] & m.mask[tree.all_pairs[0][:, 1]]
-            cosines = tree.all_pairs[1][inside]
-            c_try, t_try, n_eval = _bisect_tau_t(lambda v: m.count(m.edges_from(tree.all_pairs, v, variant), grouping), cosines, budget)
+            pairs, sims = tree.all_pairs
+            cosines = sims[m.mask[pairs[:, 0]] & m.mask[pairs[:, 1]]]
+            c, t_try, n_eval = _bisect(lambda v: count(s_try, v), cosines, budget)
             evaluations += n_eval
-            if t_try is not None and c_try > count:
-                count, s, t = c_try, s_try, t_try
-            if count >= BUDGET_FLOOR * budget:
+            if t_try is not None and c > n_tokens:
+                n_tokens, s, t = c, s_try, t_try
+            if n_tokens >= BUDGET_FLOOR * budget:
                 break
     m = merge_at(s)
-    edges = m.edges_from(tree.all_pairs, t, variant) if temporal and t >= 0 else None
-    info = {"tau_s": s, "tau_t": t, "budget": budget, "search_evaluations": evaluations}
-    return m.tokens(edges, grouping, info)
+    edges = m.edges_from_table(t, variant) if temporal and t >= 0 else None
+    return m.tokens(edges, grouping, {"tau_s": s, "tau_t": t, "budget": budget, "search_evaluations": evaluations})
 
 
-def _bisect_tau_t(count_at, cosines: torch.Tensor, budget: int) -> tuple[int, float | None, int]:
-    """The largest count <= budget over tau_t in the given pair cosines (the only values where the count
-    changes), by bisection: the count is (close to) nondecreasing in tau_t."""
+def _bisect(count_at, cosines: torch.Tensor, budget: int) -> tuple[int, float | None, int]:
+    """The largest count <= budget over tau_t among the given pair cosines (the only values where the count
+    changes), by bisection, the count being (close to) nondecreasing in tau_t."""
     cand = torch.unique(cosines[cosines >= 0]).tolist()  # ascending
     lo, hi = -1, len(cand)  # count(cand[lo]) <= budget < count(cand[hi]), unknown at the ends
     best: tuple[int, float | None] = (-1, None)
