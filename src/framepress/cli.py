@@ -1,0 +1,176 @@
+"""The ``framepress`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+
+from . import __version__, features, registry
+from .api import compress
+
+
+def _param(text: str) -> tuple[str, Any]:
+    """``name=value``; the value is a Python literal when it parses as one, else a string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"parameters are name=value, got {text!r}")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
+
+
+def _shape(text: str) -> tuple[int, int, int, int]:
+    try:
+        dims = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"shape is TxHxWxC, e.g. 32x14x14x3584; got {text!r}")
+    return dims
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _format_default(value: Any) -> str:
+    return "required" if value is inspect.Parameter.empty else repr(value)
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    rows = []
+    for name in registry.names():
+        m = registry.get(name)
+        params = ", ".join(f"{k}={_format_default(v)}" for k, v in m.params.items()) or "-"
+        rows.append([name, m.stage, "yes" if m.query_aware else "no", m.budget, params, m.paper])
+    if args.json:
+        print(json.dumps([dict(zip(["name", "stage", "query_aware", "budget", "params", "paper"], r)) for r in rows], indent=1))
+    else:
+        print(_table(rows, ["method", "stage", "query-aware", "budget", "parameters", "paper"]))
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    if args.features is None and args.synthetic is None:
+        raise SystemExit("framepress compress: give a features file (.npy/.safetensors) or --synthetic TxHxWxC")
+    if args.features is not None:
+        x = features.load(args.features, key=args.key, grid=args.grid)
+        origin = args.features
+    else:
+        x = features.synthetic(*args.synthetic, seed=args.seed)
+        origin = f"synthetic {'x'.join(map(str, args.synthetic))} (smooth random fields, seed {args.seed})"
+    x = x.to(device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else x.dtype)
+    names = args.method or registry.names()
+    if args.output and len(names) != 1:
+        raise SystemExit("framepress compress: --output needs exactly one --method")
+    params = dict(args.param or [])
+    unused = sorted(set(params) - {k for n in names for k in registry.get(n).params})
+    if unused:
+        raise ValueError(f"no chosen method takes the parameter(s) {', '.join(unused)}")
+    T, H, W, C = x.shape
+    results = []
+    for name in names:
+        accepted = registry.get(name).params
+        own = {k: v for k, v in params.items() if k in accepted or len(names) == 1}
+        times, out, error = [], None, None
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            try:
+                out = compress(x, name, retention=args.retention, **own)
+            except (ValueError, TypeError) as exc:
+                if len(names) == 1:
+                    raise
+                error = str(exc)
+                break
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        result = {"method": name, "tokens_in": T * H * W}
+        if error is not None:
+            result["error"] = error
+        else:
+            result.update(
+                tokens_out=len(out),
+                retention=round(out.retention, 4),
+                ms=round(1000 * statistics.median(times), 2),
+                info={k: v for k, v in out.info.items()},
+            )
+            if args.output:
+                features.save_tokens(args.output, out)
+        results.append(result)
+    if args.json:
+        print(json.dumps({"input": origin, "shape": [T, H, W, C], "dtype": str(x.dtype), "results": results}, indent=1, default=str))
+        return 0
+    print(f"input: {origin}, [T, H, W, C] = [{T}, {H}, {W}, {C}], {x.dtype}, {x.device}")
+    if args.retention is not None:
+        print(f"retention {args.retention}: a budget of {max(1, round(args.retention * T * H * W))} tokens")
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([r["method"], r["tokens_in"], "-", "-", "-", r["error"]])
+        else:
+            info = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["info"].items())
+            rows.append([r["method"], r["tokens_in"], r["tokens_out"], f"{r['retention']:.4f}", f"{r['ms']:.1f}", info])
+    print(_table(rows, ["method", "tokens in", "tokens out", "retention", f"ms (median of {args.repeat})", "chosen"]))
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="framepress",
+        description="Training-free visual-token compression for video large language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"framepress {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("methods", help="list the registered methods and their parameters")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=cmd_methods)
+
+    p = sub.add_parser(
+        "compress",
+        help="compress a features file with one or more methods and print tokens in/out and time",
+        description="Compress [T, H, W, C] visual features (e.g. a Video-LLM's projector output) and report "
+        "tokens in and out and the time of each method.",
+    )
+    p.add_argument("features", nargs="?", help=".npy or .safetensors file of [T, H, W, C] (or [T, N, C]) features")
+    p.add_argument("--synthetic", type=_shape, metavar="TxHxWxC", help="use synthetic smooth features of this shape")
+    p.add_argument("--key", help="tensor name inside a .safetensors file")
+    p.add_argument("--grid", type=lambda s: tuple(int(v) for v in s.split("x")), metavar="HxW", help="grid of [T, N, C] input")
+    p.add_argument("-m", "--method", action="append", help="method name (repeatable; default: all)")
+    p.add_argument("-r", "--retention", type=float, help="share of tokens to keep, in (0, 1]")
+    p.add_argument("-p", "--param", type=_param, action="append", metavar="NAME=VALUE", help="method parameter (repeatable)")
+    p.add_argument("-o", "--output", help="write the tokens of the (single) method to this .safetensors file")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "float64"], help="cast the features first")
+    p.add_argument("--repeat", type=int, default=3, help="runs per method; the median time is shown (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --synthetic")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=cmd_compress)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"framepress {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
