@@ -208,40 +208,33 @@ class _Quadtree:
         """Every nesting pair (earlier, later) of nodes of consecutive frames, over all levels, and its temporal
         cosine. Whatever ``tau_s`` emits, its temporal candidates are among these: the budget search's table.
 
-        A pair is a node and the node of another level that holds it (or the same position on one level), so
-        each level pair is one gather of the coarser level onto the finer grid."""
-        T = self.grid[0]
-        pairs, sims = [], []
+        A pair is a node and the node of a coarser (or the same) level holding it, one frame later or earlier,
+        so each level pair is the coarser level gathered onto the finer grid; every level is normalized once."""
+        T, dev = self.grid[0], self.x.device
+        t = torch.arange(T, device=dev)[:, None, None]
+        ids, sims, combos = [], [], []
         for coarse in range(self.n_levels):
             for fine in range(coarse, self.n_levels):
                 rows, cols = self.rows.down(coarse, fine), self.cols.down(coarse, fine)
-                h, w = self.sizes[fine]
-                hc, wc = self.sizes[coarse]
-                fine_id = self.offsets[fine] + torch.arange(T * h * w, device=self.x.device).reshape(T, h, w)
-                t = torch.arange(T, device=self.x.device)[:, None, None]
+                (h, w), (hc, wc) = self.sizes[fine], self.sizes[coarse]
+                fine_id = self.offsets[fine] + torch.arange(T * h * w, device=dev).reshape(T, h, w)
                 coarse_id = self.offsets[coarse] + t * (hc * wc) + rows[None, :, None] * wc + cols[None, None, :]
-                directions = [(coarse_id[:-1], fine_id[1:], False)]  # the coarse node is the earlier one
+                combos.append((coarse, fine, rows, cols))
+                ids.append(torch.stack([coarse_id[:-1].reshape(-1), fine_id[1:].reshape(-1)], 1))
                 if fine != coarse:
-                    directions.append((fine_id[:-1], coarse_id[1:], True))
-                for earlier, later, fine_first in directions:
-                    pairs.append(torch.stack([earlier.reshape(-1), later.reshape(-1)], 1))
-                    sims.append(self._level_pair_cosines(coarse, fine, rows, cols, fine_first))
-        return torch.cat(pairs), torch.cat(sims)
-
-    def _level_pair_cosines(self, coarse, fine, rows, cols, fine_first) -> torch.Tensor:
-        """[T-1, h, w] temporal cosines between each node of level ``fine`` and the node of level ``coarse``
-        holding it, in the next frame (``fine_first``) or the previous one."""
-        out = []
-        coarse_level, fine_level = self.levels[coarse], self.levels[fine]
-        for frames in ops.frame_chunks(fine_level[1:]):
-            earlier = slice(frames.start, frames.stop)
-            later = slice(frames.start + 1, frames.stop + 1)
-            f_t, c_t = (earlier, later) if fine_first else (later, earlier)
-            f = ops.normalize_shifted(fine_level[f_t])
-            c = ops.normalize_shifted(coarse_level[c_t][:, rows][:, :, cols])
-            out.append((c * f).sum(-1))
-        return torch.cat(out).reshape(-1)
-
+                    ids.append(torch.stack([fine_id[:-1].reshape(-1), coarse_id[1:].reshape(-1)], 1))
+        for frames in ops.frame_chunks(self.x[1:]):
+            window = slice(frames.start, frames.stop + 1)  # the chunk's frame pairs need one frame more
+            hats = [ops.normalize_shifted(level[window]) for level in self.levels]
+            for coarse, fine, rows, cols in combos:
+                # the coarse node over each fine node
+                held = hats[fine] if coarse == fine else hats[coarse][:, rows][:, :, cols]
+                sims.append(((coarse, fine, False), (held[:-1] * hats[fine][1:]).sum(-1)))
+                if fine != coarse:
+                    sims.append(((coarse, fine, True), (hats[fine][:-1] * held[1:]).sum(-1)))
+        order = list(dict.fromkeys(key for key, _ in sims))
+        per_combo = {key: torch.cat([v for k, v in sims if k == key]).reshape(-1) for key in order}
+        return torch.cat(ids), torch.cat([per_combo[key] for key in order])
 
 def _merge_pairs(
     pairs: torch.Tensor, sims: torch.Tensor, tau_t: float, variant: str, frame_of: torch.Tensor
