@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -9,6 +10,9 @@ import torch
 from . import budget as _budget
 from . import checks, registry
 from .tokens import Tokens
+
+#: Methods sum features in float32; beyond this magnitude such sums could overflow, so they run in float64.
+FLOAT32_SAFE_PEAK = 1e30
 
 
 def compress(x: torch.Tensor, method: str, retention: float | None = None, **params: Any) -> Tokens:
@@ -25,13 +29,17 @@ def compress(x: torch.Tensor, method: str, retention: float | None = None, **par
         :class:`~framepress.Tokens`; ``info`` says what the method chose.
     """
     spec = registry.get(method)
-    x = checks.features(x)
+    x, peak = checks.features_and_peak(x)
     retention = checks.retention(retention)
     params = spec.bind(params)
     T, H, W, _ = x.shape
     budget = None if retention is None else _budget.tokens_for(retention, T * H * W)
     with torch.inference_mode():
-        return spec.fn(x, budget, **params)
+        if x.dtype == torch.float64 or peak <= FLOAT32_SAFE_PEAK:
+            return spec.fn(x, budget, **params)
+        # sums of such values overflow in float32: run in float64, return the input's dtype
+        out = spec.fn(x.double(), budget, **params)
+        return dataclasses.replace(out, features=out.features.to(x.dtype))
 
 
 def methods() -> list[str]:

@@ -15,6 +15,11 @@ import torch
 
 def features(x: Any, name: str = "x") -> torch.Tensor:
     """A finite floating [T, H, W, C] tensor with no empty dimension."""
+    return features_and_peak(x, name)[0]
+
+
+def features_and_peak(x: Any, name: str = "x") -> tuple[torch.Tensor, float]:
+    """:func:`features`, and the largest magnitude in ``x`` (one pass over the data for both)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape [T, H, W, C], got {type(x).__name__}")
     if x.ndim != 4:
@@ -23,10 +28,10 @@ def features(x: Any, name: str = "x") -> torch.Tensor:
         raise ValueError(f"{name} is empty: shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor (float16, bfloat16, float32, float64), got {x.dtype}")
-    lo, hi = torch.aminmax(x)  # NaN and inf show in the extremes; one fast pass
-    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+    lo, hi = (float(v) for v in torch.aminmax(x))  # NaN and inf show in the extremes
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or inf values")
-    return x
+    return x, max(-lo, hi)
 
 
 def retention(r: Any) -> float | None:

@@ -38,6 +38,16 @@ def _shape(text: str) -> tuple[int, int, int, int]:
     return dims
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
@@ -63,17 +73,21 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     if args.features is None and args.synthetic is None:
-        raise SystemExit("framepress compress: give a features file (.npy/.safetensors) or --synthetic TxHxWxC")
+        raise ValueError("give a features file (.npy/.safetensors) or --synthetic TxHxWxC")
     if args.features is not None:
         x = features.load(args.features, key=args.key, grid=args.grid)
         origin = args.features
     else:
         x = features.synthetic(*args.synthetic, seed=args.seed)
         origin = f"synthetic {'x'.join(map(str, args.synthetic))} (smooth random fields, seed {args.seed})"
-    x = x.to(device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else x.dtype)
+    try:
+        device = torch.device(args.device)
+        x = x.to(device=device, dtype=getattr(torch, args.dtype) if args.dtype else x.dtype)
+    except (RuntimeError, AssertionError) as exc:
+        raise ValueError(f"--device {args.device!r} cannot be used: {exc}") from None
     names = args.method or registry.names()
     if args.output and len(names) != 1:
-        raise SystemExit("framepress compress: --output needs exactly one --method")
+        raise ValueError("--output needs exactly one --method")
     params = dict(args.param or [])
     unused = sorted(set(params) - {k for n in names for k in registry.get(n).params})
     if unused:
@@ -156,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the tokens of the (single) method to this .safetensors file")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "float64"], help="cast the features first")
-    p.add_argument("--repeat", type=int, default=3, help="runs per method; the median time is shown (default 3)")
+    p.add_argument("--repeat", type=_positive, default=3, help="runs per method; the median time is shown (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of --synthetic")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=cmd_compress)

@@ -26,11 +26,17 @@ def load(path: str | os.PathLike, key: str | None = None, grid: tuple[int, int] 
         raise FileNotFoundError(f"features file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        x = torch.from_numpy(np.load(path, allow_pickle=False))
+        try:
+            x = torch.from_numpy(np.load(path, allow_pickle=False))
+        except (ValueError, OSError, TypeError) as exc:
+            raise ValueError(f"cannot read {path} as a .npy array: {exc}") from None
     elif suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        tensors = load_file(str(path))
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types for a damaged file
+            raise ValueError(f"cannot read {path} as safetensors: {exc}") from None
         if key is None:
             if len(tensors) != 1:
                 raise ValueError(f"{path} holds {sorted(tensors)}; choose one with key")

@@ -18,14 +18,17 @@ MODES = ("bilinear", "average")
 
 
 def _target_for_budget(T: int, H: int, W: int, budget: int) -> tuple[int, int]:
-    """The largest grid (h, w), keeping the aspect ratio, with T*h*w <= budget."""
-    for h in range(H, 0, -1):
-        w = min(W, max(1, round(h * W / H)))
-        if T * h * w <= budget:
-            return h, w
-    raise ValueError(
-        f"retention asks for {budget} tokens, but pool keeps at least one token per frame ({T} frames)"
-    )
+    """The largest grid (h, w) within the budget (T*h*w <= budget), as close to the input's aspect ratio as
+    whole cells allow: each side length paired with its proportional other side."""
+    candidates = {(h, min(W, max(1, round(h * W / H)))) for h in range(1, H + 1)}
+    candidates |= {(min(H, max(1, round(w * H / W))), w) for w in range(1, W + 1)}
+    fits = [(h * w, h, w) for h, w in candidates if T * h * w <= budget]
+    if not fits:
+        raise ValueError(
+            f"retention asks for {budget} tokens, but pool keeps at least one token per frame ({T} frames)"
+        )
+    _, h, w = max(fits)
+    return h, w
 
 
 def _windows(n: int, m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

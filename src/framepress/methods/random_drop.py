@@ -16,7 +16,7 @@ def random(x: torch.Tensor, budget: int | None, *, seed: int = 0) -> Tokens:
     Args:
         seed: seed of the CPU generator that draws the subset, so the choice is the same on every device.
     """
-    seed = checks.integer("seed", seed, 0)
+    seed = checks.integer("seed", seed, 0, 2**63 - 1)
     if budget is None:
         raise ValueError("random needs a retention (the number of tokens to keep)")
     T, H, W, _ = x.shape

@@ -149,8 +149,10 @@ class _Quadtree:
 
     def emitted(self, tau_s: float) -> torch.Tensor:
         """[n_nodes] bool: the nodes that become spatial tokens at ``tau_s``."""
-        if self.n_levels == 1:
-            return torch.ones(self.n_nodes, dtype=torch.bool, device=self.x.device)
+        if self.n_levels == 1 or tau_s > 1:  # a cosine never exceeds 1 (compared here unrounded): leaves only
+            mask = torch.zeros(self.n_nodes, dtype=torch.bool, device=self.x.device)
+            mask[self.offsets[-2] :] = True
+            return mask
         anc = self.ancestor_max
         per_level = [(anc[lvl] < tau_s) & (self.min_sim[lvl] >= tau_s) for lvl in range(self.n_levels - 1)]
         return self.flat(per_level + [anc[-1] < tau_s])
@@ -211,6 +213,8 @@ class _Quadtree:
         A pair is a node and the node of a coarser (or the same) level holding it, one frame later or earlier,
         so each level pair is the coarser level gathered onto the finer grid; every level is normalized once."""
         T, dev = self.grid[0], self.x.device
+        if T < 2:
+            return torch.empty(0, 2, dtype=torch.long, device=dev), torch.empty(0, dtype=self.cd, device=dev)
         t = torch.arange(T, device=dev)[:, None, None]
         ids, sims, combos = [], [], []
         for coarse in range(self.n_levels):
@@ -246,10 +250,12 @@ def _merge_pairs(
     later node; so a later node keeps its best match and any others not adjacent to it in that order.
     "best" keeps exactly each later node's most similar earlier node (ties: the smaller earlier index).
     """
-    keep = sims >= tau_t
+    keep = sims >= tau_t if tau_t <= 1 else torch.zeros_like(sims, dtype=torch.bool)
     pairs, sims = pairs[keep], sims[keep]
     if variant == "fast" or not pairs.numel():
         return pairs
+    canonical = torch.argsort(pairs[:, 0] * (int(pairs.max()) + 1) + pairs[:, 1])  # ties resolve by (earlier, later)
+    pairs, sims = pairs[canonical], sims[canonical]
     later = pairs[:, 1]
     if variant == "slow":
         order = torch.sort(-sims, stable=True).indices
@@ -387,13 +393,19 @@ def _fit_budget(tree, budget, fixed_s, fixed_t, variant, grouping, temporal) -> 
     """Search the thresholds not given for at most ``budget`` tokens and as close to it as they allow.
 
     Every candidate is scored from the quadtree's tables (one spatial mask, the nesting-pair cosines, the
-    grouping loop on integers), never by re-running the method on the features."""
+    grouping loop on integers), never by re-running the method on the features. Three paths, each tried only
+    while the count is short of 98% of the budget: the main line (the diagonal, or the free threshold); tau_t
+    set between any two pair cosines (or off) at the tau_s found; spatial merging alone."""
     merges: dict[float, _Merge] = {}
 
     def merge_at(s: float) -> _Merge:
         if s not in merges:
             merges[s] = _Merge(tree, s)
         return merges[s]
+
+    def count(s: float, t: float) -> int:
+        m = merge_at(s)
+        return m.count(m.edges_from_table(t, variant) if temporal and t >= 0 else None, grouping)
 
     def thresholds(v: float) -> tuple[float, float]:
         if fixed_s is not None:
@@ -402,37 +414,49 @@ def _fit_budget(tree, budget, fixed_s, fixed_t, variant, grouping, temporal) -> 
             return v, fixed_t
         return v, max(v - TAU_GAP, 0.0)
 
-    def count(s: float, t: float) -> int:
-        m = merge_at(s)
-        return m.count(m.edges_from_table(t, variant) if temporal and t >= 0 else None, grouping)
+    best: tuple[int, float, float] | None = None
+    evaluations = 0
 
-    if fixed_s is not None:
-        lo, hi = 0.0, 1.01
-    else:
-        lo, hi = -1.0, 1.01 + (TAU_GAP if fixed_t is None else 0.0)
+    def short() -> bool:
+        return best is None or best[0] < BUDGET_FLOOR * budget
+
+    def consider(n: int, s: float, t: float) -> None:
+        nonlocal best
+        if n <= budget and (best is None or n > best[0]):
+            best = (n, s, t)
+
+    lo, hi = (0.0, 1.01) if fixed_s is not None else (-1.0, 1.01 + (TAU_GAP if fixed_t is None else 0.0))
     found = search_threshold(lambda v: count(*thresholds(v)), lo, hi, budget)
-    if found is None:
+    if found is not None:
+        evaluations += found.evaluations
+        consider(found.count, *thresholds(found.value))
+    if short() and temporal and fixed_t is None and found is not None:
+        # thresholds move the count in steps; with tau_s fixed, tau_t can sit between any two pair cosines
+        for s_try in sorted({thresholds(v)[0] for v in (found.value, found.above) if v is not None}, reverse=True):
+            m = merge_at(s_try)
+            pairs, sims = tree.all_pairs
+            cosines = sims[m.mask[pairs[:, 0]] & m.mask[pairs[:, 1]]]
+            n, t_try, n_eval = _bisect(lambda v: count(s_try, v), cosines, budget)
+            evaluations += n_eval
+            if t_try is not None:
+                consider(n, s_try, t_try)
+            if not short():
+                break
+    if short() and temporal and fixed_t is None and fixed_s is None:
+        alone = search_threshold(lambda v: count(v, -1.0), -1.0, 1.01, budget)
+        if alone is not None:
+            evaluations += alone.evaluations
+            consider(alone.count, alone.value, -1.0)
+    if best is None:
+        root_h, root_w = tree.sizes[0]
         raise ValueError(
             f"retention asks for {budget} tokens, but sttm keeps at least {count(*thresholds(lo))} on this "
-            f"{'x'.join(map(str, tree.grid))} grid with root_level={tree.sizes[0]} roots"
+            f"{'x'.join(map(str, tree.grid))} grid with {root_h}x{root_w} roots"
             + (f", tau_s={fixed_s}" if fixed_s is not None else "")
             + (f", tau_t={fixed_t}" if fixed_t is not None else "")
             + "; raise retention or lower root_level"
         )
-    n_tokens, (s, t) = found.count, thresholds(found.value)
-    evaluations = found.evaluations
-    if n_tokens < BUDGET_FLOOR * budget and temporal and fixed_t is None:
-        # thresholds move the count in steps; with tau_s fixed, tau_t can sit between any two pair cosines
-        for s_try in sorted({s} | ({thresholds(found.above)[0]} if found.above is not None else set()), reverse=True):
-            m = merge_at(s_try)
-            pairs, sims = tree.all_pairs
-            cosines = sims[m.mask[pairs[:, 0]] & m.mask[pairs[:, 1]]]
-            c, t_try, n_eval = _bisect(lambda v: count(s_try, v), cosines, budget)
-            evaluations += n_eval
-            if t_try is not None and c > n_tokens:
-                n_tokens, s, t = c, s_try, t_try
-            if n_tokens >= BUDGET_FLOOR * budget:
-                break
+    _, s, t = best
     m = merge_at(s)
     edges = m.edges_from_table(t, variant) if temporal and t >= 0 else None
     return m.tokens(edges, grouping, {"tau_s": s, "tau_t": t, "budget": budget, "search_evaluations": evaluations})
@@ -440,8 +464,8 @@ def _fit_budget(tree, budget, fixed_s, fixed_t, variant, grouping, temporal) -> 
 
 def _bisect(count_at, cosines: torch.Tensor, budget: int) -> tuple[int, float | None, int]:
     """The largest count <= budget over tau_t among the given pair cosines (the only values where the count
-    changes), by bisection, the count being (close to) nondecreasing in tau_t."""
-    cand = torch.unique(cosines[cosines >= 0]).tolist()  # ascending
+    changes) and "off" (-1, the most tokens), by bisection, the count being (close to) nondecreasing."""
+    cand = torch.unique(cosines[cosines >= 0]).tolist() + [-1.0]  # ascending cosines, then temporal merging off
     lo, hi = -1, len(cand)  # count(cand[lo]) <= budget < count(cand[hi]), unknown at the ends
     best: tuple[int, float | None] = (-1, None)
     evaluations = 0
