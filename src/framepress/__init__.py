@@ -2,8 +2,10 @@
 
 from . import methods as _methods  # noqa: F401  (registers the built-in methods)
 from .api import compress, methods
+from .layer import LayerInputs
+from .patch import Handle, apply
 from .registry import register
 from .tokens import Tokens
 
-__all__ = ["Tokens", "compress", "methods", "register"]
+__all__ = ["Handle", "LayerInputs", "Tokens", "apply", "compress", "methods", "register"]
 __version__ = "0.1.0"

@@ -29,6 +29,8 @@ def compress(x: torch.Tensor, method: str, retention: float | None = None, **par
         :class:`~framepress.Tokens`; ``info`` says what the method chose.
     """
     spec = registry.get(method)
+    if spec.stage != "pre-llm":
+        raise ValueError(f"{method} runs inside the LLM on hidden states; use framepress.apply(model, {method!r}, ...)")
     x, peak = checks.features_and_peak(x)
     retention = checks.retention(retention)
     params = spec.bind(params)
@@ -42,6 +44,6 @@ def compress(x: torch.Tensor, method: str, retention: float | None = None, **par
         return dataclasses.replace(out, features=out.features.to(x.dtype))
 
 
-def methods() -> list[str]:
-    """The names of the registered methods."""
-    return registry.names()
+def methods(stage: str | None = None) -> list[str]:
+    """The names of the registered methods; ``stage`` ("pre-llm" or "in-llm") keeps those of one stage."""
+    return registry.names(stage)

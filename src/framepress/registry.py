@@ -1,8 +1,10 @@
 """The method registry: a method is one module and one ``@register`` decorator (as in timm).
 
-A registered method is a pure function ``fn(x, budget, **params) -> Tokens`` over a [T, H, W, C] tensor:
-``budget`` is the number of output tokens asked for (``None`` means the method's own default setting), and
-``params`` are its keyword-only parameters. The decorator reads the parameters and their defaults from the
+A registered method is a pure function ``fn(x, budget, **params) -> Tokens``: ``budget`` is the number of
+output tokens asked for (``None`` means the method's own default setting) and ``params`` are its keyword-only
+parameters. A "pre-llm" method takes a [T, H, W, C] tensor of visual features; an "in-llm" method takes the
+:class:`~framepress.layer.LayerInputs` of decoder layer K (its visual hidden states and attention signals) and
+returns tokens over those N visual tokens as a (1, 1, N) grid. The decorator reads the parameters and their defaults from the
 signature, so the table of methods and the check for unknown parameters never drift from the code.
 """
 
@@ -21,6 +23,8 @@ BUDGET_KINDS = {
     "search": "searches its thresholds: at most the budget, at least 98% of it",
 }
 
+STAGES = ("pre-llm", "in-llm")
+
 _REQUIRED = inspect.Parameter.empty
 
 
@@ -35,6 +39,7 @@ class Method:
     stage: str
     query_aware: bool
     params: Mapping[str, Any]
+    default_layer: int | None = None
 
     @property
     def summary(self) -> str:
@@ -63,11 +68,19 @@ _METHODS: dict[str, Method] = {}
 
 
 def register(
-    name: str, *, paper: str, budget: str, stage: str = "pre-llm", query_aware: bool = False
+    name: str,
+    *,
+    paper: str,
+    budget: str,
+    stage: str = "pre-llm",
+    query_aware: bool = False,
+    layer: int | None = None,
 ) -> Callable[[Callable[..., Tokens]], Callable[..., Tokens]]:
-    """Register ``fn(x, budget, *, **params)`` under ``name``."""
+    """Register ``fn(x, budget, *, **params)`` under ``name``; an in-LLM method gives its paper's ``layer``."""
     if budget not in BUDGET_KINDS:
         raise ValueError(f"budget must be one of {sorted(BUDGET_KINDS)}, got {budget!r}")
+    if stage not in STAGES or (stage == "in-llm") != (layer is not None):
+        raise ValueError(f"stage must be one of {STAGES}, with a layer exactly for in-llm; got {stage!r}, {layer!r}")
 
     def decorate(fn: Callable[..., Tokens]) -> Callable[..., Tokens]:
         if name in _METHODS:
@@ -76,7 +89,7 @@ def register(
         params = {
             p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
         }
-        _METHODS[name] = Method(name, fn, paper, budget, stage, query_aware, params)
+        _METHODS[name] = Method(name, fn, paper, budget, stage, query_aware, params, layer)
         return fn
 
     return decorate
@@ -92,5 +105,5 @@ def get(name: str) -> Method:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}") from None
 
 
-def names() -> list[str]:
-    return sorted(_METHODS)
+def names(stage: str | None = None) -> list[str]:
+    return sorted(n for n, m in _METHODS.items() if stage is None or m.stage == stage)

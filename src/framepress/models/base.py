@@ -1,0 +1,81 @@
+"""What a model family adapter knows: where the language model is, where each video's tokens sit in the
+sequence, and how the family numbers positions. Everything else (hooks, sequence surgery, caches) is shared in
+:mod:`framepress.patch`, so an adapter stays a short description of one family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class VideoBlock:
+    """One video's grid tokens in one sample's sequence.
+
+    ``slots`` are the sequence positions of its T*H*W grid tokens in (t, y, x) row-major order; they need not be
+    contiguous (Qwen3-VL puts a timestamp between frames). Tokens of the video that are not grid tokens (the
+    LLaVA-OneVision image newline) are not slots and stay untouched.
+    """
+
+    slots: torch.Tensor
+    grid: tuple[int, int, int]
+
+
+class Adapter:
+    """One model family. Subclasses set ``rope`` and implement :meth:`video_blocks`."""
+
+    #: "1d" (positions from the attention mask, one row) or "mrope" (rows of (t, h, w) per token)
+    rope: str = "1d"
+    #: the ``model.model`` forward arguments :meth:`video_blocks` reads
+    captured_args: tuple[str, ...] = ("input_ids", "inputs_embeds")
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    @property
+    def name(self) -> str:
+        return type(self.model).__name__
+
+    @property
+    def base(self) -> torch.nn.Module:
+        """The multimodal base model (``model.model``), whose forward sees the processor's inputs."""
+        return self.model.model
+
+    @property
+    def language_model(self) -> torch.nn.Module:
+        return self.model.model.language_model
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return self.language_model.layers
+
+    @property
+    def text_config(self) -> Any:
+        return self.language_model.config
+
+    def video_mask(self, captured: dict[str, Any]) -> torch.Tensor:
+        """[B, L] bool: the video placeholder tokens of the captured inputs."""
+        ids = captured.get("input_ids")
+        if ids is not None:
+            return ids == self.video_token_id
+        embeds = captured["inputs_embeds"]
+        token = self.base.get_input_embeddings()(torch.tensor(self.video_token_id, device=embeds.device))
+        return (embeds == token).all(-1)
+
+    @property
+    def video_token_id(self) -> int:
+        config = self.model.config
+        return getattr(config, "video_token_id", None) or config.video_token_index
+
+    def video_blocks(self, captured: dict[str, Any]) -> list[list[VideoBlock]]:
+        """Per sample, its videos' grid tokens, from the captured ``model.model`` inputs."""
+        raise NotImplementedError
+
+
+def runs(mask: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each run of True in a 1-D bool tensor."""
+    padded = torch.cat([mask.new_zeros(1), mask, mask.new_zeros(1)]).int()
+    edges = torch.nonzero(padded[1:] - padded[:-1]).squeeze(1).tolist()
+    return list(zip(edges[0::2], edges[1::2]))

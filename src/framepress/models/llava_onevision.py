@@ -1,0 +1,41 @@
+"""LLaVA-OneVision and LLaVA-Video (-hf checkpoints): ``LlavaOnevisionForConditionalGeneration``.
+
+SigLIP patches (27x27 at 384 px) are projected, then bilinearly pooled per frame to ceil(27/2) = 14x14, and one
+image newline follows the whole video (integration spec §2.1): a video of F frames is F*14*14 + 1 placeholders.
+The language model is Qwen2 with 1-D RoPE.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .base import Adapter, VideoBlock, runs
+
+
+class LlavaOnevision(Adapter):
+    rope = "1d"
+
+    @property
+    def side(self) -> int:
+        """Tokens per side of a frame after the family's 2x2 pooling."""
+        vision = self.model.config.vision_config
+        return math.ceil(vision.image_size // vision.patch_size / 2)
+
+    def video_blocks(self, captured: dict[str, Any]) -> list[list[VideoBlock]]:
+        side = self.side
+        blocks = []
+        for row in self.video_mask(captured):
+            sample = []
+            for start, end in runs(row):
+                grid_tokens = end - start - 1  # the newline closes the video
+                if grid_tokens <= 0 or grid_tokens % (side * side):
+                    raise ValueError(
+                        f"a run of {end - start} video tokens is not F*{side}*{side} + 1 (one video and its newline)"
+                    )
+                slots = torch.arange(start, start + grid_tokens, device=row.device)
+                sample.append(VideoBlock(slots, (grid_tokens // (side * side), side, side)))
+            blocks.append(sample)
+        return blocks

@@ -1,0 +1,605 @@
+"""Plug compression into a Hugging Face Video-LLM: ``framepress.apply(model, method, retention, **params)``.
+
+The model is patched in place with hooks only (no fork of its code, no processor change), so its own
+``generate(**inputs)`` and ``forward`` keep working with the processor's usual inputs:
+
+- a pre-hook on ``model.model`` and a wrapper of its ``get_video_features`` note where each video's tokens are;
+- **pre-LLM**: a pre-hook on the language model rewrites the prefill — each video's grid of features is
+  compressed, the sequence, attention mask and position ids are rebuilt — and, at every decode step, maps the
+  attention mask and 1-D positions onto the shorter prefix (integration spec §4b);
+- **in-LLM** at layer K: a pre-hook on layer K rewrites the hidden states (and rotary embeddings, positions and
+  mask) so that layer K and all later layers, and their KV cache, hold only the kept tokens; later layers get
+  the same rewrite of what the decoder loop hands them (spec §7). Layers before K keep everything.
+
+Stages stack: every ``apply`` adds one, its handle removes it, and the hooks go when the last stage does.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import budget as _budget
+from . import checks, registry
+from .api import compress
+from .layer import LayerInputs
+from .models import Adapter, adapter_for
+from .signals import attention_rows
+from .tokens import Tokens
+
+log = logging.getLogger("framepress")
+
+POSITIONS = ("reassign", "original")
+
+
+@dataclass
+class Stage:
+    """One ``apply``: a method, its budget and where it runs (``layer`` None: before the LLM)."""
+
+    method: registry.Method
+    retention: float | None
+    params: dict[str, Any]
+    layer: int | None
+    positions: str
+
+    @property
+    def label(self) -> str:
+        where = "pre-LLM" if self.layer is None else f"layer {self.layer}"
+        return f"{self.method.name}@{where}"
+
+
+@dataclass
+class Rewrite:
+    """How one stage maps a batch's sequence of length ``old_length`` onto a shorter one.
+
+    ``index`` [B, L'] is the old position of each new slot (left padding points at 0) and ``valid`` [B, L'] says
+    which slots are real. Per sample, ``groups`` = (new slots [M], old members [K], group of each member [K])
+    lists the slots that stand for several old tokens; ``features`` = (new slots, [M, C]) what the method put
+    in the slots it rewrote.
+    """
+
+    index: torch.Tensor
+    valid: torch.Tensor
+    old_length: int
+    groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    features: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def gather(self, t: torch.Tensor, dim: int) -> torch.Tensor:
+        """Gather ``t`` (batch first, or broadcast over it) along its sequence dim ``dim``."""
+        B, L = self.index.shape
+        t = t.expand(B, *t.shape[1:]) if t.shape[0] == 1 and B > 1 else t
+        shape = [B] + [1] * (t.ndim - 1)
+        shape[dim] = L
+        index = self.index.view(shape).expand(*[L if d == dim else s for d, s in enumerate(t.shape)])
+        return t.gather(dim, index)
+
+    def apply(self, hidden: torch.Tensor, use_features: bool) -> torch.Tensor:
+        """[B, L, C] -> [B, L', C]: kept rows, each group's slot set to the method's feature (or the mean of
+        its members), padding zeroed."""
+        out = self.gather(hidden, 1)
+        for b, ((slots, members, group), (f_slots, feats)) in enumerate(zip(self.groups, self.features)):
+            if use_features and f_slots.numel():
+                out[b, f_slots] = feats.to(out.dtype)
+            elif slots.numel():
+                total = torch.zeros(slots.numel(), hidden.shape[-1], dtype=torch.float32, device=hidden.device)
+                total.index_add_(0, group, hidden[b, members].float())
+                count = torch.bincount(group, minlength=slots.numel()).clamp_min(1)
+                out[b, slots] = (total / count[:, None]).to(out.dtype)
+        return out * self.valid[..., None].to(out.dtype)
+
+    @property
+    def ragged(self) -> bool:
+        return not bool(self.valid.all())
+
+
+def _rewrite(keep: list[torch.Tensor], groups, features, old_length: int, device) -> Rewrite:
+    """Left-pad the per-sample kept positions into one [B, L'] layout."""
+    width = max(int(k.numel()) for k in keep)
+    index = torch.zeros(len(keep), width, dtype=torch.long, device=device)
+    valid = torch.zeros(len(keep), width, dtype=torch.bool, device=device)
+    shifted_groups, shifted_features = [], []
+    for b, k in enumerate(keep):
+        pad = width - k.numel()
+        index[b, pad:] = k
+        valid[b, pad:] = True
+        new_slot = torch.full((old_length,), -1, dtype=torch.long, device=device)
+        new_slot[k] = torch.arange(pad, width, device=device)
+        slots, members, group = groups[b]
+        shifted_groups.append((new_slot[slots], members, group))
+        f_slots, feats = features[b]
+        shifted_features.append((new_slot[f_slots], feats))
+    return Rewrite(index, valid, old_length, shifted_groups, shifted_features)
+
+
+def _plan(tokens: Tokens, slots: torch.Tensor):
+    """For a method's tokens over a block whose inputs sit at sequence ``slots``: the slots it drops, each output's
+    slot (its representative's) and features, and the groups of slots merged into one."""
+    T, H, W = tokens.grid
+    t, y0, x0 = tokens.boxes[:, 0], tokens.boxes[:, 1], tokens.boxes[:, 2]
+    rep = slots[t * (H * W) + y0 * W + x0]
+    if torch.unique(rep).numel() != rep.numel():
+        raise RuntimeError("two output tokens share a representative; cannot place them in the sequence")
+    kept_input = tokens.source >= 0
+    dropped = slots[~torch.isin(slots, rep)]
+    return dropped, rep, tokens.features, slots[kept_input], tokens.source[kept_input]
+
+
+@dataclass
+class _Pass:
+    """State of one prefill and the decode steps after it."""
+
+    blocks: list[list[Any]] = field(default_factory=list)  # per sample: (slots, grid) of intact video grids
+    visual: torch.Tensor | None = None  # [B, L] visual tokens in the current layout
+    valid: torch.Tensor | None = None  # [B, L] real (not padding) tokens in the current layout
+    entry: Rewrite | None = None
+    entry_shift: torch.Tensor | None = None  # [B, 1] how far 1-D decode positions move after a reassign
+    entry_positions: str = "original"
+    original_visual: list[int] = field(default_factory=list)
+    layers: dict[int, dict[str, Any]] = field(default_factory=dict)  # per layer >= K: prefill replacements
+    cut_at: list[int] = field(default_factory=list)  # layers where an in-LLM stage cut
+    key_valid: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, L_layer] prefix keys valid
+    signal: dict[int, tuple] = field(default_factory=dict)
+    cuts: list[Rewrite] = field(default_factory=list)  # the in-LLM rewrites, in layer order
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+class _Patch:
+    """All framepress hooks on one model, shared by its stages."""
+
+    def __init__(self, model: torch.nn.Module, adapter: Adapter):
+        self.model, self.adapter = model, adapter
+        self.stages: list[Stage] = []
+        self.hooks: list[Any] = []
+        self.captured: dict[str, Any] = {}
+        self.current = _Pass()
+        self.stats: list[dict[str, Any]] = []
+        self.warned = False
+
+    # installing -----------------------------------------------------------------------------------------------
+    def install(self) -> None:
+        a = self.adapter
+        self.hooks.append(a.base.register_forward_pre_hook(self._on_base, with_kwargs=True))
+        self.hooks.append(a.language_model.register_forward_pre_hook(self._on_lm, with_kwargs=True))
+        for i, layer in enumerate(a.layers):
+            self.hooks.append(layer.register_forward_pre_hook(functools.partial(self._on_layer, i), with_kwargs=True))
+            self.hooks.append(
+                layer.self_attn.register_forward_pre_hook(functools.partial(self._on_attention, i), with_kwargs=True)
+            )
+        original = a.base.get_video_features
+
+        @functools.wraps(original)
+        def get_video_features(*args, **kwargs):
+            grid = kwargs.get("video_grid_thw", args[1] if len(args) > 1 else None)
+            if grid is not None:
+                self.captured["video_grid_thw"] = grid
+            return original(*args, **kwargs)
+
+        a.base.get_video_features = get_video_features
+        self.hooks.append(_Restore(a.base, "get_video_features"))
+        if hasattr(a.language_model, "_deepstack_process"):
+            deepstack = a.language_model._deepstack_process
+
+            def deepstack_process(hidden_states, visual_pos_masks, visual_embeds):
+                return self._on_deepstack(deepstack, hidden_states, visual_pos_masks, visual_embeds)
+
+            a.language_model._deepstack_process = deepstack_process
+            self.hooks.append(_Restore(a.language_model, "_deepstack_process"))
+
+    def uninstall(self) -> None:
+        for hook in reversed(self.hooks):
+            hook.remove()
+        self.hooks.clear()
+
+    # capturing --------------------------------------------------------------------------------------------------
+    def _on_base(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        if kwargs.get("video_grid_thw") is not None:
+            self.captured["video_grid_thw"] = kwargs["video_grid_thw"]
+        self.captured["input_ids"] = ids
+        self.captured["inputs_embeds"] = embeds if ids is None else None
+        return None
+
+    # the language model's entry -----------------------------------------------------------------------------
+    def _on_lm(self, module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        cache = kwargs.get("past_key_values")
+        if embeds is None:
+            return None
+        prefill = cache is None or cache.get_seq_length() == 0
+        if prefill:
+            return args, self._prefill(embeds, kwargs)
+        return args, self._decode_entry(embeds, kwargs, cache)
+
+    def _prefill(self, embeds: torch.Tensor, kwargs: dict) -> dict:
+        B, L, C = embeds.shape
+        mask2d = kwargs.get("attention_mask")
+        valid = torch.ones(B, L, dtype=torch.bool, device=embeds.device) if mask2d is None else mask2d.bool()
+        p = self.current = _Pass(valid=valid)
+        captured = dict(self.captured)
+        if captured.get("input_ids") is not None and captured["input_ids"].shape[-1] != L:
+            captured = {}
+        blocks = self.adapter.video_blocks(captured) if captured else [[] for _ in range(B)]
+        self.captured.pop("video_grid_thw", None)
+        p.blocks = [[(blk.slots, blk.grid) for blk in sample] for sample in blocks]
+        p.visual = torch.zeros(B, L, dtype=torch.bool, device=embeds.device)
+        for b, sample in enumerate(p.blocks):
+            for slots, _ in sample:
+                p.visual[b, slots] = True
+        p.original_visual = [int(p.visual[b].sum()) for b in range(B)]
+        p.record = {"tokens_in": p.original_visual, "stages": []}
+        self.stats.append(p.record)
+        if not any(p.original_visual):
+            if not self.warned:
+                log.warning("framepress: the inputs hold no video tokens; compression does nothing")
+                self.warned = True
+            return kwargs
+        entry = [s for s in self.stages if s.layer is None]
+        if not entry:
+            return kwargs
+        keep, groups, features = [], [], []
+        for b in range(B):
+            drop = [torch.nonzero(~valid[b]).squeeze(1)]
+            slot_list, member_list, group_list, feat_slots, feats = [], [], [], [], []
+            for slots, grid in p.blocks[b]:
+                x = embeds[b, slots].reshape(*grid, C)
+                tokens = self._run(entry, x)
+                dropped, rep, out_features, members, group = _plan(tokens, slots)
+                drop.append(dropped)
+                feat_slots.append(rep)
+                feats.append(out_features)
+                slot_list.append(rep)
+                member_list.append(members)
+                group_list.append(group + sum(s.numel() for s in slot_list[:-1]))
+            gone = torch.zeros(L, dtype=torch.bool, device=embeds.device)
+            gone[torch.cat(drop)] = True
+            keep.append(torch.nonzero(~gone).squeeze(1))
+            cat = lambda parts, dt=torch.long: torch.cat(parts) if parts else torch.empty(0, dtype=dt, device=embeds.device)  # noqa: E731
+            groups.append((cat(slot_list), cat(member_list), cat(group_list)))
+            features.append((cat(feat_slots), torch.cat(feats) if feats else embeds.new_empty(0, C)))
+            p.blocks[b] = []
+        rewrite = _rewrite(keep, groups, features, L, embeds.device)
+        p.entry = rewrite
+        kwargs = dict(kwargs)
+        kwargs["inputs_embeds"] = rewrite.apply(embeds, use_features=True)
+        kwargs["attention_mask"] = rewrite.valid.long() if mask2d is not None or rewrite.ragged else None
+        kwargs["position_ids"] = self._entry_positions(rewrite, kwargs.get("position_ids"), valid, entry[0].positions)
+        if kwargs.get("visual_pos_masks") is not None:
+            kwargs.update(self._entry_deepstack(rewrite, kwargs["visual_pos_masks"], kwargs["deepstack_visual_embeds"]))
+        p.visual = rewrite.gather(p.visual, 1) & rewrite.valid
+        p.valid = rewrite.valid
+        new_count = rewrite.valid.sum(1, keepdim=True)
+        p.entry_shift = valid.sum(1, keepdim=True) - new_count
+        p.entry_positions = entry[0].positions
+        p.record["stages"].append({"stage": entry[0].label, "visual_out": p.visual.sum(1).tolist(), "length": rewrite.index.shape[1]})
+        return kwargs
+
+    def _run(self, stages: list[Stage], x: torch.Tensor) -> Tokens:
+        if len(stages) > 1:
+            raise ValueError(f"only one pre-LLM stage can run at a time; applied: {[s.label for s in stages]}")
+        s = stages[0]
+        return compress(x, s.method.name, retention=s.retention, **s.params)
+
+    def _entry_positions(self, rw: Rewrite, position_ids, valid: torch.Tensor, mode: str):
+        contiguous = (rw.valid.long().cumsum(1) - 1).clamp_min(0)
+        if self.adapter.rope == "1d":
+            if mode == "reassign":
+                return contiguous
+            if position_ids is None:
+                position_ids = (valid.long().cumsum(1) - 1).clamp_min(0)
+            return rw.gather(position_ids.expand(valid.shape[0], -1), 1)
+        if position_ids is None or position_ids.ndim != 3:
+            raise ValueError(f"{self.adapter.name}: M-RoPE positions are missing at the language model's entry")
+        rows = torch.stack([rw.gather(r, 1) for r in position_ids])
+        if rows.shape[0] == 4:  # row 0: the text positions the mask is built from
+            rows[0] = contiguous
+        return rows
+
+    def _entry_deepstack(self, rw: Rewrite, masks: torch.Tensor, embeds: list[torch.Tensor]) -> dict:
+        """Qwen3-VL DeepStack features follow the kept tokens (merged ones: mean of their members)."""
+        B, L = masks.shape
+        new_masks = rw.gather(masks, 1) & rw.valid
+        out = []
+        for layer_embeds in embeds:
+            dense = layer_embeds.new_zeros(B, L, layer_embeds.shape[-1])
+            dense[masks] = layer_embeds
+            out.append(rw.apply(dense, use_features=False)[new_masks])
+        return {"visual_pos_masks": new_masks, "deepstack_visual_embeds": out}
+
+    def _decode_entry(self, embeds: torch.Tensor, kwargs: dict, cache) -> dict:
+        p = self.current
+        if p.entry is None:
+            return kwargs
+        kwargs = dict(kwargs)
+        q = embeds.shape[1]
+        mask2d = kwargs.get("attention_mask")
+        if mask2d is not None:
+            kwargs["attention_mask"] = torch.cat([p.entry.valid.long(), mask2d[:, p.entry.old_length :].long()], 1)
+        elif p.entry.ragged:
+            extra = cache.get_seq_length() + q - p.entry.index.shape[1]
+            kwargs["attention_mask"] = torch.cat(
+                [p.entry.valid.long(), torch.ones(embeds.shape[0], extra, dtype=torch.long, device=embeds.device)], 1
+            )
+        pos = kwargs.get("position_ids")
+        if pos is None:
+            return kwargs
+        shift = p.entry_shift.to(pos.device)
+        if self.adapter.rope == "1d" and p.entry_positions == "reassign":
+            kwargs["position_ids"] = pos - shift
+        elif self.adapter.rope == "mrope" and pos.ndim == 3 and pos.shape[0] == 4:
+            kwargs["position_ids"] = torch.cat([pos[:1] - shift[None], pos[1:]])  # row 0 counts the new prefix
+        return kwargs
+
+    # decoder layers ------------------------------------------------------------------------------------------
+    def _on_attention(self, i: int, module, args, kwargs):
+        """Keep what layer K-1's attention needs for signals (the normalized input, rotary tables, validity)."""
+        p = self.current
+        if p.valid is None or not any(s.layer == i + 1 for s in self.stages):
+            return None
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if hidden is None or not _prefill(kwargs.get("past_key_values"), i) or hidden.shape[1] != p.valid.shape[1]:
+            return None
+        cos, sin = kwargs["position_embeddings"]
+        p.signal[i + 1] = (module, hidden, cos, sin, p.valid)
+        return None
+
+    def _on_layer(self, i: int, module, args, kwargs):
+        p = self.current
+        if p.valid is None:
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        cache = kwargs.get("past_key_values")
+        prefill = _prefill(cache, i)
+        stages = [s for s in self.stages if s.layer == i]
+        if prefill and stages and any(p.original_visual):
+            return self._cut(i, stages[0], hidden, args, kwargs)
+        cuts = [k for k in p.cut_at if (k < i if prefill else k <= i)]
+        if not cuts:
+            return None
+        k = max(cuts)
+        kwargs = dict(kwargs)
+        if prefill:  # the decoder loop hands every layer the full-length tables: give the cut ones
+            kwargs.update({key: v for key, v in p.layers[k].items() if key != "position_ids" or key in kwargs})
+        else:  # decode: keys of this layer are the kept prefix, then the new tokens
+            kwargs["attention_mask"] = self._decode_mask(k, hidden, kwargs.get("attention_mask"), cache, i)
+        return args, kwargs
+
+    def _cut(self, i: int, stage: Stage, hidden: torch.Tensor, args, kwargs):
+        p = self.current
+        B, L, C = hidden.shape
+        keep, groups, features = [], [], []
+        for b in range(B):
+            vis = torch.nonzero(p.visual[b]).squeeze(1)
+            real = torch.nonzero(p.valid[b]).squeeze(1)
+            if vis.numel() == 0:
+                keep.append(real)
+                empty = torch.empty(0, dtype=torch.long, device=hidden.device)
+                groups.append((empty, empty, empty))
+                features.append((empty, hidden.new_empty(0, C)))
+                continue
+            intact = p.blocks[b] if len(p.blocks[b]) == 1 else []
+            grid = intact[0][1] if intact else None
+            if stage.method.stage == "pre-llm":
+                if grid is None:
+                    raise ValueError(
+                        f"{stage.label}: a grid method needs the video's whole grid at layer {i}, but an earlier "
+                        "stage cut it (or the sample has several videos)"
+                    )
+                tokens = compress(hidden[b, vis].reshape(*grid, C), stage.method.name, retention=stage.retention, **stage.params)
+            else:
+                tokens = self._layer_method(stage, i, b, hidden, vis, grid)
+            dropped, rep, out_features, members, group = _plan(tokens, vis)
+            gone = ~p.valid[b].clone()
+            gone[dropped] = True
+            keep.append(torch.nonzero(~gone).squeeze(1))
+            groups.append((rep, members, group))
+            merged = stage.method.stage == "pre-llm" or bool((tokens.sizes > 1).any())
+            features.append((rep, out_features) if merged else (rep[:0], out_features[:0]))
+        rw = _rewrite(keep, groups, features, L, hidden.device)
+        new_hidden = rw.apply(hidden, use_features=True)
+        cos, sin = kwargs["position_embeddings"]
+        new_pos = None
+        if stage.positions == "reassign":
+            contiguous = (rw.valid.long().cumsum(1) - 1).clamp_min(0)
+            cos, sin = self.adapter.language_model.rotary_emb(new_hidden, contiguous)
+            new_pos = contiguous
+        else:
+            cos, sin = rw.gather(cos, 1), rw.gather(sin, 1)
+            if kwargs.get("position_ids") is not None:
+                new_pos = rw.gather(kwargs["position_ids"].expand(B, -1), 1)
+        mask = self._prefill_mask(rw.valid, kwargs.get("attention_mask"), new_hidden.dtype)
+        p.layers[i] = {"position_embeddings": (cos, sin), "attention_mask": mask}
+        if new_pos is not None:
+            p.layers[i]["position_ids"] = new_pos
+        p.cut_at.append(i)
+        p.cuts.append(rw)
+        p.key_valid[i] = rw.valid
+        p.visual = rw.gather(p.visual, 1) & rw.valid
+        p.valid = rw.valid
+        p.blocks = [[] for _ in range(B)]
+        p.record["stages"].append({"stage": stage.label, "visual_out": p.visual.sum(1).tolist(), "length": rw.index.shape[1]})
+        kwargs = dict(kwargs)
+        kwargs["position_embeddings"] = (cos, sin)
+        kwargs["attention_mask"] = mask
+        if new_pos is not None:
+            kwargs["position_ids"] = new_pos
+        args = (new_hidden, *args[1:]) if args else args
+        if not args:
+            kwargs["hidden_states"] = new_hidden
+        return args, kwargs
+
+    def _layer_method(self, stage: Stage, i: int, b: int, hidden, vis, grid) -> Tokens:
+        p = self.current
+        first_visual = int(vis.min())
+        text_rows = torch.nonzero(p.valid[b] & ~p.visual[b] & (torch.arange(hidden.shape[1], device=hidden.device) > first_visual)).squeeze(1)
+        signal = p.signal.get(i)
+
+        def rows_attention(rows: torch.Tensor) -> torch.Tensor:
+            if signal is None:
+                raise ValueError(f"{stage.label} needs attention signals from layer {i - 1}, which did not run")
+            attn, normed, cos, sin, valid = signal
+            c = cos[b] if cos.shape[0] > 1 else cos[0]
+            s = sin[b] if sin.shape[0] > 1 else sin[0]
+            return attention_rows(attn, normed[b], c, s, rows, valid[b]).mean(0)[:, vis]
+
+        last = torch.nonzero(p.valid[b]).squeeze(1)[-1:]
+        inputs = LayerInputs(
+            visual=hidden[b, vis],
+            text=hidden[b, text_rows],
+            grid=grid,
+            layer=i,
+            _last_attention=lambda: rows_attention(last)[0],
+            _text_attention=lambda: rows_attention(text_rows),
+        )
+        budget = None
+        if stage.retention is not None:
+            budget = min(vis.numel(), _budget.tokens_for(stage.retention, p.original_visual[b]))
+        with torch.inference_mode():
+            return stage.method.fn(inputs, budget, **stage.params)
+
+    def _prefill_mask(self, valid: torch.Tensor, incoming, dtype):
+        """The 4-D causal mask of a rewritten prefill, in the format the attention kernel takes (None when
+        plain causal attention over all keys is right)."""
+        if incoming is None and bool(valid.all()):
+            return None
+        L = valid.shape[1]
+        causal = torch.ones(L, L, dtype=torch.bool, device=valid.device).tril()
+        allowed = causal[None, None] & valid[:, None, None, :]
+        allowed |= torch.eye(L, dtype=torch.bool, device=valid.device)[None, None] & ~valid[:, None, :, None]
+        return self._mask_format(allowed, dtype)
+
+    def _decode_mask(self, k: int, hidden, incoming, cache, i: int):
+        p = self.current
+        prefix = p.key_valid[k]
+        if incoming is None and bool(prefix.all()):
+            return None
+        B, q = hidden.shape[:2]
+        new = cache.get_seq_length(i) - prefix.shape[1] + q if cache is not None else q
+        tail = torch.ones(q, new, dtype=torch.bool, device=hidden.device).tril(new - q)
+        allowed = torch.cat([prefix[:, None, None, :].expand(B, 1, q, -1), tail[None, None].expand(B, 1, q, new)], -1)
+        return self._mask_format(allowed, hidden.dtype)
+
+    def _mask_format(self, allowed: torch.Tensor, dtype):
+        if self.adapter.text_config._attn_implementation == "eager":
+            return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+        return allowed
+
+    def _on_deepstack(self, original, hidden_states, visual_pos_masks, visual_embeds):
+        """Qwen3-VL adds DeepStack features after its first layers; after an in-LLM cut they follow the cut."""
+        for rw in self.current.cuts:
+            if visual_pos_masks.shape[1] == hidden_states.shape[1]:
+                break
+            if visual_pos_masks.shape[1] == rw.old_length:
+                dense = visual_embeds.new_zeros(*visual_pos_masks.shape, visual_embeds.shape[-1])
+                dense[visual_pos_masks] = visual_embeds
+                visual_pos_masks = rw.gather(visual_pos_masks, 1) & rw.valid
+                visual_embeds = rw.apply(dense, use_features=False)[visual_pos_masks]
+        return original(hidden_states, visual_pos_masks, visual_embeds)
+
+
+def _prefill(cache, layer: int) -> bool:
+    """Whether this pass is a prefill for ``layer``: nothing cached there yet."""
+    return cache is None or cache.get_seq_length(layer) == 0
+
+
+class _Restore:
+    """Undo an instance attribute set over a method."""
+
+    def __init__(self, obj, name):
+        self.obj, self.name = obj, name
+
+    def remove(self) -> None:
+        self.obj.__dict__.pop(self.name, None)
+
+
+class Handle:
+    """Returned by :func:`apply`: ``remove()`` undoes it; also a context manager. ``stats`` has one record per
+    prefill: visual tokens in, and after each stage."""
+
+    def __init__(self, patch: _Patch, stage: Stage):
+        self._patch, self.stage = patch, stage
+        self.removed = False
+
+    @property
+    def stats(self) -> list[dict[str, Any]]:
+        return self._patch.stats
+
+    def remove(self) -> None:
+        if self.removed:
+            return
+        self.removed = True
+        patch = self._patch
+        patch.stages.remove(self.stage)
+        if not patch.stages:
+            patch.uninstall()
+            patch.model.__dict__.pop("_framepress_patch", None)
+
+    def __enter__(self) -> Handle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def apply(
+    model: torch.nn.Module,
+    method: str,
+    retention: float | None = None,
+    *,
+    layer: int | None = None,
+    positions: str | None = None,
+    **params: Any,
+) -> Handle:
+    """Compress the video tokens of ``model`` with ``method`` until the returned handle is removed.
+
+    Args:
+        model: a supported Hugging Face Video-LLM (``framepress.models.ADAPTERS``), patched in place.
+        method: a registered method. Grid methods (``sttm``, ``pool``, ...) run before the LLM by default;
+            in-LLM methods (``fastv``) at their paper's layer.
+        retention: share of each video's visual tokens to keep, in (0, 1]. For an in-LLM stage it is a share of
+            the video's original tokens, so stacked stages read "A%/B%".
+        layer: run at the input of this decoder layer instead (a grid method needs the whole grid there, so it
+            cannot follow another stage).
+        positions: 1-D RoPE models: "reassign" (contiguous positions for the kept tokens; default for grid methods,
+            STTM's choice) or "original" (the kept tokens keep their original positions, gaps left; default for
+            in-LLM methods, FastV's). M-RoPE models always keep each token's original (t, h, w).
+        **params: the method's parameters.
+    """
+    adapter = adapter_for(model)
+    spec = registry.get(method)
+    retention = checks.retention(retention)
+    spec.bind(params)
+    n_layers = len(adapter.layers)
+    if layer is None and spec.stage == "in-llm":
+        layer = spec.default_layer
+    if layer is not None:
+        layer = checks.integer("layer", layer, 1, n_layers - 1)
+    if positions is None:
+        positions = "original" if spec.stage == "in-llm" or adapter.rope == "mrope" else "reassign"
+    positions = checks.choice("positions", positions, POSITIONS)
+    if adapter.rope == "mrope" and positions != "original":
+        raise ValueError(f"{adapter.name} uses M-RoPE: kept tokens keep their (t, h, w) positions; positions must be 'original'")
+    if spec.stage == "in-llm" and layer is None:
+        raise ValueError(f"{method} runs inside the LLM: give layer")
+    stage = Stage(spec, retention, dict(params), layer, positions)
+    patch = model.__dict__.get("_framepress_patch")
+    if patch is not None:
+        clash = [s.label for s in patch.stages if s.layer == layer]
+        if clash:
+            raise ValueError(f"{stage.label}: that stage is taken by {clash[0]}; remove it first")
+    fresh = patch is None
+    if fresh:
+        patch = _Patch(model, adapter)
+    patch.stages.append(stage)
+    if fresh:
+        try:
+            patch.install()
+        except Exception:
+            patch.uninstall()
+            raise
+        model.__dict__["_framepress_patch"] = patch
+    return Handle(patch, stage)
