@@ -34,7 +34,7 @@ def test_compress_synthetic_all_methods(capsys):
     report = json.loads(out)
     assert report["shape"] == [4, 14, 14, 16]
     rows = {r["method"]: r for r in report["results"]}
-    assert set(rows) == set(framepress.methods())
+    assert set(rows) == set(framepress.methods("pre-llm"))
     budget = round(0.3 * 4 * 196)
     assert rows["random"]["tokens_out"] == budget
     assert 0.98 * budget <= rows["sttm"]["tokens_out"] <= budget

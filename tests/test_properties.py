@@ -29,7 +29,7 @@ FEW = settings(max_examples=40, **SETTINGS)
 SOME = settings(max_examples=50, **SETTINGS)
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-METHODS = framepress.methods()
+METHODS = framepress.methods("pre-llm")
 #: Methods that cannot run without a budget; any other method must run with its defaults (retention=None).
 NEEDS_BUDGET = {"random"}
 #: Relative precision of each dtype, for comparisons of computed means.

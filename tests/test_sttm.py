@@ -189,4 +189,10 @@ def test_budget_search_with_a_fixed_threshold(video, fixed):
 
 def test_budget_below_the_minimum_is_a_clear_error(video):
     with pytest.raises(ValueError, match="retention asks for 16 tokens"):
-        framepress.compress(video, "sttm", retention=0.01)
+        framepress.compress(video, "sttm", retention=0.01, root_level=1)
+
+
+def test_default_root_level_falls_back_to_coarser_roots_for_a_budget(video):
+    out = framepress.compress(video, "sttm", retention=0.01)  # 4x4 roots cannot get to 16 tokens; 2x2 can
+    assert out.info["root_level"] == 0 and len(out) <= 16
+    assert framepress.compress(video, "sttm", retention=0.3).info["root_level"] == 1

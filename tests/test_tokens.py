@@ -44,7 +44,7 @@ def test_check_catches_broken_invariants():
 
 def test_registry_reads_parameters_from_the_signature():
     spec = registry.get("sttm")
-    assert spec.params["root_level"] == 1 and spec.budget == "search" and spec.stage == "pre-llm"
+    assert spec.params["root_level"] is None and spec.params["variant"] == "fast" and spec.budget == "search" and spec.stage == "pre-llm"
     assert set(framepress.methods()) >= {"sttm", "pool", "frames", "random"}
     with pytest.raises(ValueError, match="already registered"):
         registry.register("pool", paper="x", budget="exact")(lambda x, budget: None)

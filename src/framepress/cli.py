@@ -85,7 +85,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         x = x.to(device=device, dtype=getattr(torch, args.dtype) if args.dtype else x.dtype)
     except (RuntimeError, AssertionError) as exc:
         raise ValueError(f"--device {args.device!r} cannot be used: {exc}") from None
-    names = args.method or registry.names()
+    names = args.method or registry.names("pre-llm")
     if args.output and len(names) != 1:
         raise ValueError("--output needs exactly one --method")
     params = dict(args.param or [])

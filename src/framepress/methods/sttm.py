@@ -336,7 +336,7 @@ def sttm(
     *,
     tau_s: float | None = None,
     tau_t: float | None = None,
-    root_level: int = 1,
+    root_level: int | None = None,
     variant: str = "fast",
     grouping: str = "official",
     invalid_slots: str = "top_left",
@@ -350,7 +350,8 @@ def sttm(
             negative value switches temporal merging off. Default 0.6.
         root_level: index of the root grid in the pyramid's level list, coarsest first (1: 4x4 roots on a 14x14
             grid, as in every official run; 0: 2x2; -1: the leaf grid, no spatial merging). Indices past the
-            leaf mean the leaf, so small grids work with the default.
+            leaf mean the leaf, so small grids work. Default 1; with a budget that root level cannot reach, the
+            default falls back to 0 (coarser roots) before giving up.
         variant: "fast" merges a later node with every passing nested node (official default, "top-left" in the
             paper's Table 7); "slow" is the official slow path ("optimal"), which means to keep each later node's
             best match but drops only duplicates adjacent in similarity order; "best" keeps exactly each later
@@ -364,7 +365,7 @@ def sttm(
     neither is given) so that the output has at most ``budget`` tokens and, where the thresholds allow it, at
     least 98% of it. ``info`` reports the thresholds; passing them back reproduces the output exactly.
     """
-    root_level = checks.integer("root_level", root_level)
+    roots = [1, 0] if root_level is None else [checks.integer("root_level", root_level)]
     variant = checks.choice("variant", variant, VARIANTS)
     grouping = checks.choice("grouping", grouping, GROUPINGS)
     invalid_slots = checks.choice("invalid_slots", invalid_slots, INVALID_SLOTS)
@@ -373,20 +374,28 @@ def sttm(
     if tau_t is not None:
         tau_t = checks.number("tau_t", tau_t, -2.0, 2.0)
     n_sizes = len(level_sizes(*x.shape[1:3]))
-    if root_level < -n_sizes:
-        raise ValueError(f"root_level must be >= {-n_sizes} for a {x.shape[1]}x{x.shape[2]} grid, got {root_level}")
+    if roots[0] < -n_sizes:
+        raise ValueError(f"root_level must be >= {-n_sizes} for a {x.shape[1]}x{x.shape[2]} grid, got {roots[0]}")
     if budget is not None and tau_s is not None and tau_t is not None:
         raise ValueError("sttm: give retention or both tau_s and tau_t, not all three")
-    tree = _Quadtree(x, root_level, invalid_slots)
     temporal = x.shape[0] > 1
 
     if budget is None:
+        tree = _Quadtree(x, roots[0], invalid_slots)
         tau_s = DEFAULT_TAU_S if tau_s is None else tau_s
         tau_t = DEFAULT_TAU_T if tau_t is None else tau_t
         merge = _Merge(tree, tau_s)
         edges = merge.edges(tau_t, variant) if temporal and tau_t >= 0 else None
         return merge.tokens(edges, grouping, {"tau_s": tau_s, "tau_t": tau_t})
-    return _fit_budget(tree, budget, tau_s, tau_t, variant, grouping, temporal)
+    for attempt, root in enumerate(roots):
+        try:
+            out = _fit_budget(_Quadtree(x, root, invalid_slots), budget, tau_s, tau_t, variant, grouping, temporal)
+        except ValueError:
+            if attempt + 1 == len(roots):
+                raise
+            continue
+        out.info["root_level"] = root
+        return out
 
 
 def _fit_budget(tree, budget, fixed_s, fixed_t, variant, grouping, temporal) -> Tokens:
