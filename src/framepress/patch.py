@@ -170,6 +170,7 @@ class _Patch:
                 layer.self_attn.register_forward_pre_hook(functools.partial(self._on_attention, i), with_kwargs=True)
             )
         original = a.base.get_video_features
+        previous = a.base.__dict__.get("get_video_features")
 
         @functools.wraps(original)
         def get_video_features(*args, **kwargs):
@@ -179,15 +180,16 @@ class _Patch:
             return original(*args, **kwargs)
 
         a.base.get_video_features = get_video_features
-        self.hooks.append(_Restore(a.base, "get_video_features"))
+        self.hooks.append(_Restore(a.base, "get_video_features", previous))
         if hasattr(a.language_model, "_deepstack_process"):
             deepstack = a.language_model._deepstack_process
+            previous = a.language_model.__dict__.get("_deepstack_process")
 
             def deepstack_process(hidden_states, visual_pos_masks, visual_embeds):
                 return self._on_deepstack(deepstack, hidden_states, visual_pos_masks, visual_embeds)
 
             a.language_model._deepstack_process = deepstack_process
-            self.hooks.append(_Restore(a.language_model, "_deepstack_process"))
+            self.hooks.append(_Restore(a.language_model, "_deepstack_process", previous))
 
     def uninstall(self) -> None:
         for hook in reversed(self.hooks):
@@ -275,7 +277,10 @@ class _Patch:
         new_count = rewrite.valid.sum(1, keepdim=True)
         p.entry_shift = valid.sum(1, keepdim=True) - new_count
         p.entry_positions = entry[0].positions
-        p.record["stages"].append({"stage": entry[0].label, "visual_out": p.visual.sum(1).tolist(), "length": rewrite.index.shape[1]})
+        p.record["stages"].append(
+            {"stage": entry[0].label, "visual_out": p.visual.sum(1).tolist(), "length": rewrite.index.shape[1],
+             "kept": [g[0].tolist() for g in groups]}
+        )
         return kwargs
 
     def _run(self, stages: list[Stage], x: torch.Tensor) -> Tokens:
@@ -421,7 +426,10 @@ class _Patch:
         p.visual = rw.gather(p.visual, 1) & rw.valid
         p.valid = rw.valid
         p.blocks = [[] for _ in range(B)]
-        p.record["stages"].append({"stage": stage.label, "visual_out": p.visual.sum(1).tolist(), "length": rw.index.shape[1]})
+        p.record["stages"].append(
+            {"stage": stage.label, "visual_out": p.visual.sum(1).tolist(), "length": rw.index.shape[1],
+             "kept": [g[0].tolist() for g in groups]}
+        )
         kwargs = dict(kwargs)
         kwargs["position_embeddings"] = (cos, sin)
         kwargs["attention_mask"] = mask
@@ -507,13 +515,16 @@ def _prefill(cache, layer: int) -> bool:
 
 
 class _Restore:
-    """Undo an instance attribute set over a method."""
+    """Undo an instance attribute set over a method: put back what the instance had before (or nothing)."""
 
-    def __init__(self, obj, name):
-        self.obj, self.name = obj, name
+    def __init__(self, obj, name, previous):
+        self.obj, self.name, self.previous = obj, name, previous
 
     def remove(self) -> None:
-        self.obj.__dict__.pop(self.name, None)
+        if self.previous is None:
+            self.obj.__dict__.pop(self.name, None)
+        else:
+            self.obj.__dict__[self.name] = self.previous
 
 
 class Handle:
