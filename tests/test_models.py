@@ -302,3 +302,39 @@ def test_stage_conflicts(llava):
             with pytest.raises(ValueError, match="whole grid"):
                 generate(llava, inputs, n=1)
     assert "_framepress_patch" not in llava.__dict__
+
+
+@pytest.mark.parametrize(
+    "method,params",
+    [("sttm", {"retention": 0.3}), ("pool", {"retention": 0.25}), ("sttm", {"retention": 0.5, "layer": 2}), ("fastv", {"retention": 0.3}), (None, {})],
+)
+def test_session_answers_equal_single_prompts(model, method, params):
+    """Cached prefix (query-agnostic stages) or recomputed prompt (query-aware): same answers and scores as one
+    generate over the whole prompt."""
+    frames = random_frames(model, 4, seed=7)
+    handle = framepress.apply(model, method, **params) if method else None
+    try:
+        session = framepress.Session(model, video_inputs(model, [frames], question=[]))
+        assert session.reuse == (method != "fastv")
+        for question in ([7, 8, 9], [10, 11], [12, 13, 14, 15]):
+            kwargs = dict(max_new_tokens=3, do_sample=False, suppress_tokens=SPECIAL, output_logits=True, return_dict_in_generate=True)
+            answer = session.ask(question, **{k: v for k, v in kwargs.items() if k not in ("output_logits", "return_dict_in_generate")})
+            whole = video_inputs(model, [frames], question=question)
+            with torch.no_grad():
+                single = model.generate(**whole, **kwargs)
+            assert torch.equal(answer, single.sequences[:, whole["input_ids"].shape[1] :])
+    finally:
+        if handle:
+            handle.remove()
+
+
+def test_session_scores_match_with_an_in_llm_reassign_stage(llava):
+    """STTM at layer 2 reassigns positions in layers >= 2: appended question tokens must continue that layout."""
+    frames = random_frames(llava, 4, seed=8)
+    question = [7, 8, 9, 10]
+    kwargs = dict(max_new_tokens=2, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with framepress.apply(llava, "sttm", retention=0.5, layer=2):
+        cached = framepress.Session(llava, video_inputs(llava, [frames], question=[])).ask(question, **kwargs)
+        with torch.no_grad():
+            single = llava.generate(**video_inputs(llava, [frames], question=question), **kwargs)
+    torch.testing.assert_close(cached.logits[0], single.logits[0], rtol=1e-4, atol=1e-4)

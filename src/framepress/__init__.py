@@ -5,7 +5,8 @@ from .api import compress, methods
 from .layer import LayerInputs
 from .patch import Handle, apply
 from .registry import register
+from .session import Session
 from .tokens import Tokens
 
-__all__ = ["Handle", "LayerInputs", "Tokens", "apply", "compress", "methods", "register"]
+__all__ = ["Handle", "LayerInputs", "Session", "Tokens", "apply", "compress", "methods", "register"]
 __version__ = "0.1.0"

@@ -144,6 +144,9 @@ class _Pass:
     key_valid: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, L_layer] prefix keys valid
     signal: dict[int, tuple] = field(default_factory=dict)
     cuts: list[Rewrite] = field(default_factory=list)  # the in-LLM rewrites, in layer order
+    reassigned: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [B, 1] tokens a reassign cut dropped
+    append_pending: int = 0  # a Session is about to append this many prompt tokens to the cached prefix
+    appending: bool = False  # this pass appends prompt tokens (not generated ones)
     record: dict[str, Any] = field(default_factory=dict)
 
 
@@ -215,6 +218,9 @@ class _Patch:
         prefill = cache is None or cache.get_seq_length() == 0
         if prefill:
             return args, self._prefill(embeds, kwargs)
+        p = self.current
+        p.appending = p.append_pending == embeds.shape[1] > 0
+        p.append_pending = 0
         return args, self._decode_entry(embeds, kwargs, cache)
 
     def _prefill(self, embeds: torch.Tensor, kwargs: dict) -> dict:
@@ -371,6 +377,11 @@ class _Patch:
             kwargs.update({key: v for key, v in p.layers[k].items() if key != "position_ids" or key in kwargs})
         else:  # decode: keys of this layer are the kept prefix, then the new tokens
             kwargs["attention_mask"] = self._decode_mask(k, hidden, kwargs.get("attention_mask"), cache, i)
+            shift = sum(v for c, v in p.reassigned.items() if c <= i)
+            if p.appending and isinstance(shift, torch.Tensor) and kwargs.get("position_ids") is not None:
+                # appended prompt tokens continue the reassigned layout, as in a single prefill of the whole prompt
+                positions = kwargs["position_ids"] - shift.to(kwargs["position_ids"].device)
+                kwargs["position_embeddings"] = self.adapter.language_model.rotary_emb(hidden, positions)
         return args, kwargs
 
     def _cut(self, i: int, stage: Stage, hidden: torch.Tensor, args, kwargs):
@@ -409,6 +420,7 @@ class _Patch:
         cos, sin = kwargs["position_embeddings"]
         new_pos = None
         if stage.positions == "reassign":
+            p.reassigned[i] = p.valid.sum(1, keepdim=True) - rw.valid.sum(1, keepdim=True)
             contiguous = (rw.valid.long().cumsum(1) - 1).clamp_min(0)
             cos, sin = self.adapter.language_model.rotary_emb(new_hidden, contiguous)
             new_pos = contiguous
