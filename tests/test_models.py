@@ -338,3 +338,90 @@ def test_session_scores_match_with_an_in_llm_reassign_stage(llava):
         with torch.no_grad():
             single = llava.generate(**video_inputs(llava, [frames], question=question), **kwargs)
     torch.testing.assert_close(cached.logits[0], single.logits[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def score_recorder():
+    """A registered grid method that keeps everything and records the vision scores the model hands it."""
+    from framepress import registry
+
+    got = []
+
+    @framepress.register("test_record_scores", paper="test", budget="exact")
+    def record(x, budget, *, scores):
+        got.append(scores.clone())
+        return framepress.Tokens.select(x, torch.arange(x.shape[:3].numel()))
+
+    yield got
+    registry._METHODS.pop("test_record_scores")
+
+
+def test_siglip_scores_are_the_mean_attention_each_token_receives(score_recorder):
+    model = tiny_model("llava_onevision")
+    eager = tiny_model("llava_onevision", attn_implementation="eager")
+    inputs = inputs_for(model, n=2)
+    with framepress.apply(model, "test_record_scores"):
+        generate(model, inputs, n=1)
+    with torch.no_grad():
+        pixels = inputs["pixel_values_videos"].flatten(0, 1)
+        maps = eager.model.vision_tower(pixels, output_attentions=True).attentions[-1]  # [frames, heads, P, P]
+        expected = eager.model.apply_pooling(maps.mean(dim=(1, 2))[..., None]).reshape(2, 4, 4, 4)
+    assert len(score_recorder) == 2
+    for got, want in zip(score_recorder, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_pseudo_cls_scores_follow_the_recipe(family, score_recorder):
+    """Per temporal frame: mean query of its patches against each merged token's mean key, softmax within the
+    frame, mean over heads — recomputed here frame by frame in raster order."""
+    import sys
+
+    model = tiny_model(family)
+    inputs = inputs_for(model, n=2)
+    block = model.model.visual.blocks[-1].attn
+    seen = {}
+
+    def spy(module, args, kwargs):
+        seen["hidden"], seen["pos"] = kwargs.get("hidden_states", args[0] if args else None), kwargs["position_embeddings"]
+
+    hook = block.register_forward_pre_hook(spy, with_kwargs=True)
+    with framepress.apply(model, "test_record_scores"):
+        generate(model, inputs, n=1)
+    hook.remove()
+    adapter = framepress.models.adapter_for(model)
+    grid = inputs["video_grid_thw"]
+    order = adapter.window_index(grid)
+    n = seen["hidden"].shape[0]
+    with torch.no_grad():
+        q, k, _ = block.qkv(seen["hidden"]).reshape(n, 3, block.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        q, k = sys.modules[type(block).__module__].apply_rotary_pos_emb_vision(q, k, *seen["pos"])
+    # back to raster order of merge groups (4 consecutive patches each)
+    q = q.reshape(-1, 4, *q.shape[1:])[torch.argsort(order)].reshape(n, *q.shape[1:])
+    k = k.reshape(-1, 4, *k.shape[1:])[torch.argsort(order)]
+    expected, start = [], 0
+    for t, h, w in grid.tolist():
+        cells = h * w // 4
+        video = []
+        for f in range(t):
+            rows = slice(start + f * cells, start + (f + 1) * cells)
+            q_bar = q[rows.start * 4 : rows.stop * 4].float().mean(0)  # [heads, d]
+            k_bar = k[rows].float().mean(1)  # [cells, heads, d]
+            video.append(((k_bar * q_bar).sum(-1) * block.scaling).softmax(0).mean(1))
+        expected.append(torch.stack(video).reshape(t, h // 2, w // 2))
+        start += t * cells
+    for got, want in zip(score_recorder, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_vision_scores_need_pixels_not_precomputed_features(score_recorder, llava):
+    inputs = inputs_for(llava)
+    with torch.no_grad():
+        features = llava.model.get_video_features(inputs["pixel_values_videos"], vision_feature_layer=-1,
+                                                  vision_feature_select_strategy="full")
+    precomputed = {k: v for k, v in inputs.items() if k != "pixel_values_videos"}
+    with framepress.apply(llava, "test_record_scores"):
+        with pytest.raises(ValueError, match="give pixel values"):
+            with torch.no_grad():
+                llava(**precomputed, mm_encoder_outputs={"video": features})
+    assert "_framepress_patch" not in llava.__dict__

@@ -51,6 +51,11 @@ class Stage:
         where = "pre-LLM" if self.layer is None else f"layer {self.layer}"
         return f"{self.method.name}@{where}"
 
+    @property
+    def needs_scores(self) -> bool:
+        """The method takes the vision encoder's contribution scores, which the model supplies."""
+        return "scores" in self.method.params
+
 
 @dataclass
 class Rewrite:
@@ -161,6 +166,9 @@ class _Patch:
         self.current = _Pass()
         self.stats: list[dict[str, Any]] = []
         self.warned = False
+        self.score_hooks: list[Any] = []
+        self.scores: list[torch.Tensor] = []  # [frames, H, W] maps of the videos being encoded, in order
+        self.encoding = False
 
     # installing -----------------------------------------------------------------------------------------------
     def install(self) -> None:
@@ -180,7 +188,12 @@ class _Patch:
             grid = kwargs.get("video_grid_thw", args[1] if len(args) > 1 else None)
             if grid is not None:
                 self.captured["video_grid_thw"] = grid
-            return original(*args, **kwargs)
+            self.scores.clear()
+            self.encoding = True
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.encoding = False
 
         a.base.get_video_features = get_video_features
         self.hooks.append(_Restore(a.base, "get_video_features", previous))
@@ -195,9 +208,45 @@ class _Patch:
             self.hooks.append(_Restore(a.language_model, "_deepstack_process", previous))
 
     def uninstall(self) -> None:
+        self.update_score_hooks(force_off=True)
         for hook in reversed(self.hooks):
             hook.remove()
         self.hooks.clear()
+
+    def update_score_hooks(self, force_off: bool = False) -> None:
+        """Vision scores cost a second attention pass of one ViT layer: hooked only while a stage needs them."""
+        wanted = not force_off and any(s.needs_scores for s in self.stages)
+        if wanted and not self.score_hooks:
+            self.score_hooks = self.adapter.score_hooks(self._on_scores)
+        elif not wanted:
+            for hook in self.score_hooks:
+                hook.remove()
+            self.score_hooks = []
+
+    def _on_scores(self, scores: torch.Tensor) -> None:
+        if self.encoding:
+            self.scores.append(scores)
+
+    def _take_scores(self, frames: int, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The next video's [T, H, W] scores from the queue the vision hooks filled."""
+        taken, need = [], frames
+        while need:
+            if not self.scores:
+                raise ValueError(
+                    "this method needs the vision encoder's scores, but the video was not encoded here "
+                    "(precomputed features were passed); give pixel values"
+                )
+            head = self.scores[0]
+            taken.append(head[:need])
+            if head.shape[0] > need:
+                self.scores[0] = head[need:]
+            else:
+                self.scores.pop(0)
+            need -= taken[-1].shape[0]
+        out = torch.cat(taken)
+        if tuple(out.shape) != tuple(grid):
+            raise RuntimeError(f"vision scores of shape {tuple(out.shape)} for a video grid {grid}")
+        return out
 
     # capturing --------------------------------------------------------------------------------------------------
     def _on_base(self, module, args, kwargs):
@@ -255,7 +304,8 @@ class _Patch:
             slot_list, member_list, group_list, feat_slots, feats = [], [], [], [], []
             for slots, grid in p.blocks[b]:
                 x = embeds[b, slots].reshape(*grid, C)
-                tokens = self._run(entry, x)
+                scores = self._take_scores(grid[0], grid) if entry[0].needs_scores else None
+                tokens = self._run(entry, x, scores)
                 dropped, rep, out_features, members, group = _plan(tokens, slots)
                 drop.append(dropped)
                 feat_slots.append(rep)
@@ -289,11 +339,10 @@ class _Patch:
         )
         return kwargs
 
-    def _run(self, stages: list[Stage], x: torch.Tensor) -> Tokens:
-        if len(stages) > 1:
-            raise ValueError(f"only one pre-LLM stage can run at a time; applied: {[s.label for s in stages]}")
+    def _run(self, stages: list[Stage], x: torch.Tensor, scores: torch.Tensor | None) -> Tokens:
         s = stages[0]
-        return compress(x, s.method.name, retention=s.retention, **s.params)
+        params = s.params if scores is None else dict(s.params, scores=scores.to(x.device))
+        return compress(x, s.method.name, retention=s.retention, **params)
 
     def _entry_positions(self, rw: Rewrite, position_ids, valid: torch.Tensor, mode: str):
         contiguous = (rw.valid.long().cumsum(1) - 1).clamp_min(0)
@@ -560,6 +609,8 @@ class Handle:
         if not patch.stages:
             patch.uninstall()
             patch.model.__dict__.pop("_framepress_patch", None)
+        else:
+            patch.update_score_hooks()
 
     def __enter__(self) -> Handle:
         return self
@@ -595,7 +646,7 @@ def apply(
     adapter = adapter_for(model)
     spec = registry.get(method)
     retention = checks.retention(retention)
-    spec.bind(params)
+    spec.bind({**params, "scores": None} if "scores" in spec.params and "scores" not in params else params)
     n_layers = len(adapter.layers)
     if layer is None and spec.stage == "in-llm":
         layer = spec.default_layer
@@ -609,6 +660,11 @@ def apply(
     if spec.stage == "in-llm" and layer is None:
         raise ValueError(f"{method} runs inside the LLM: give layer")
     stage = Stage(spec, retention, dict(params), layer, positions)
+    if stage.needs_scores:
+        if "scores" in params:
+            raise ValueError(f"{method}: inside a model the scores come from its vision encoder; do not pass scores")
+        if layer is not None:
+            raise ValueError(f"{method} uses the vision encoder's scores, so it runs before the LLM (no layer)")
     patch = model.__dict__.get("_framepress_patch")
     if patch is not None:
         clash = [s.label for s in patch.stages if s.layer == layer]
@@ -618,11 +674,15 @@ def apply(
     if fresh:
         patch = _Patch(model, adapter)
     patch.stages.append(stage)
-    if fresh:
-        try:
+    try:
+        if fresh:
             patch.install()
-        except Exception:
+        patch.update_score_hooks()
+    except Exception:
+        patch.stages.remove(stage)
+        if fresh:
             patch.uninstall()
-            raise
+        raise
+    if fresh:
         model.__dict__["_framepress_patch"] = patch
     return Handle(patch, stage)

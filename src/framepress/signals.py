@@ -43,3 +43,52 @@ def attention_rows(
     allowed = valid[None, :] & (torch.arange(hidden.shape[0], device=hidden.device)[None, :] <= rows[:, None])
     scores = scores.masked_fill(~allowed[None], torch.finfo(scores.dtype).min)
     return scores.softmax(-1)
+
+
+def mean_attention_received(attn: torch.nn.Module, hidden: torch.Tensor, frames_per_chunk: int = 4) -> torch.Tensor:
+    """[F, P]: the attention each token receives in a CLS-free ViT layer (SigLIP), averaged over heads and
+    over all query tokens, per frame (unified spec §4.1, the HoliTom / VisionZip-for-OV recipe).
+
+    ``hidden`` [F, P, d] is the layer's normalized input; a few frames at a time, so only
+    [frames_per_chunk, heads, P, P] is ever held, never the maps of all frames."""
+    out = []
+    for s in range(0, hidden.shape[0], frames_per_chunk):
+        h = hidden[s : s + frames_per_chunk]
+        shape = (*h.shape[:-1], -1, attn.head_dim)
+        q = attn.q_proj(h).view(shape).transpose(1, 2).float()
+        k = attn.k_proj(h).view(shape).transpose(1, 2).float()
+        probs = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1)  # [f, heads, P, P]
+        out.append(probs.mean(dim=(1, 2)))
+    return torch.cat(out)
+
+
+def pseudo_cls_scores(
+    attn: torch.nn.Module,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    frame_of: torch.Tensor,
+    merge_unit: int,
+) -> torch.Tensor:
+    """[M]: Qwen-VL ViT pseudo-CLS scores of the M merged tokens (unified spec §4.4, the FastVID recipe).
+
+    Per temporal frame the query is the mean query of all its patches; each merged token's key is the mean key
+    of its ``merge_unit`` patches; softmax of their scaled dot products within the frame, mean over heads.
+    ``hidden`` [M*merge_unit, d] is the block's normalized input in its own token order (merge groups
+    consecutive), ``frame_of`` [M] the frame of each merged token in that order."""
+    n = hidden.shape[0]
+    q, k, _ = attn.qkv(hidden).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
+    q, k = rotate(q, k, cos, sin)
+    q, k = q.float(), k.float().reshape(-1, merge_unit, *k.shape[1:]).mean(1)  # [M, heads, d]
+    frames = int(frame_of.max()) + 1
+    patch_frame = frame_of.repeat_interleave(merge_unit)
+    q_frame = torch.zeros(frames, *q.shape[1:], device=q.device).index_add_(0, patch_frame, q)
+    q_frame = q_frame / torch.bincount(patch_frame, minlength=frames).clamp_min(1)[:, None, None]
+    logits = (q_frame[frame_of] * k).sum(-1) * attn.scaling  # [M, heads]
+    peak = torch.full((frames, logits.shape[1]), -torch.inf, device=q.device).scatter_reduce(
+        0, frame_of[:, None].expand_as(logits), logits, "amax"
+    )
+    weights = (logits - peak[frame_of]).exp()
+    total = torch.zeros(frames, logits.shape[1], device=q.device).index_add_(0, frame_of, weights)
+    return (weights / total[frame_of]).mean(1)

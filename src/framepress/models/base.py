@@ -4,6 +4,7 @@ sequence, and how the family numbers positions. Everything else (hooks, sequence
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,11 @@ class Adapter:
     def video_blocks(self, captured: dict[str, Any]) -> list[list[VideoBlock]]:
         """Per sample, its videos' grid tokens, from the captured ``model.model`` inputs."""
         raise NotImplementedError
+
+    def score_hooks(self, sink: Callable[[torch.Tensor], None]) -> list[Any]:
+        """Hooks on the vision tower that compute each token's contribution score while it encodes a video and
+        hand ``sink`` one [frames, H, W] map on the LLM grid per encoded chunk of frames."""
+        raise ValueError(f"{self.name} cannot give vision contribution scores")
 
 
 def runs(mask: torch.Tensor) -> list[tuple[int, int]]:

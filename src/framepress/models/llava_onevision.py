@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .. import signals
 from .base import Adapter, VideoBlock, runs
 
 
@@ -39,3 +40,22 @@ class LlavaOnevision(Adapter):
                 sample.append(VideoBlock(slots, (grid_tokens // (side * side), side, side)))
             blocks.append(sample)
         return blocks
+
+    def score_hooks(self, sink):
+        """SigLIP has no CLS token: a token's score is the attention it receives in the layer whose output feeds
+        the projector, mean over heads and queries, pooled to the LLM grid like the features (unified §4.1)."""
+        tower = self.base.vision_tower
+        layers = getattr(tower, "vision_model", tower).encoder.layers
+        chosen = self.model.config.vision_feature_layer
+        if not isinstance(chosen, int) or chosen == 0:
+            raise ValueError(f"vision_feature_layer={chosen!r}: no single attention layer to score")
+        layer = layers[len(layers) + chosen if chosen < 0 else chosen - 1]
+        side = self.side
+
+        def hook(module, args, kwargs):
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            received = signals.mean_attention_received(module, hidden)
+            pooled = self.base.apply_pooling(received[..., None].to(hidden.dtype))
+            sink(pooled.reshape(-1, side, side).float())
+
+        return [layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True)]

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .. import signals
 from .base import Adapter, VideoBlock, runs
 
 
@@ -45,8 +46,50 @@ class QwenVL(Adapter):
         return blocks
 
 
+    def window_index(self, grid: torch.Tensor) -> torch.Tensor:
+        """The ViT's order of merge groups (for each group in its order, the group's raster index)."""
+        merge = self.model.config.vision_config.spatial_merge_size
+        return torch.arange(int((grid[:, 0] * grid[:, 1] * grid[:, 2]).sum()) // merge**2, device=grid.device)
+
+    def score_hooks(self, sink):
+        """Pseudo-CLS scores in the last ViT block, per temporal frame (unified spec §4.4)."""
+        visual = self.base.visual
+        merge = self.model.config.vision_config.spatial_merge_size
+        seen = {}
+
+        def on_visual(module, args, kwargs):
+            seen["grid"] = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+
+        def on_attention(module, args, kwargs):
+            grid = seen["grid"]
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            cos, sin = kwargs["position_embeddings"]
+            cells = (grid[:, 1] * grid[:, 2] // merge**2).repeat_interleave(grid[:, 0])  # merged tokens a frame
+            frame_raster = torch.arange(cells.numel(), device=grid.device).repeat_interleave(cells)
+            order = self.window_index(grid).to(hidden.device)
+            scores = signals.pseudo_cls_scores(module, hidden, cos, sin, frame_raster[order], merge**2)
+            raster = torch.empty_like(scores)
+            raster[order] = scores
+            for piece, (t, h, w) in zip(raster.split((grid.prod(1) // merge**2).tolist()), grid.tolist()):
+                sink(piece.reshape(t, h // merge, w // merge))
+
+        return [
+            visual.register_forward_pre_hook(on_visual, with_kwargs=True),
+            visual.blocks[-1].attn.register_forward_pre_hook(on_attention, with_kwargs=True),
+        ]
+
+
 class Qwen2_5_VL(QwenVL):
     run_per_frame = False
+
+    def window_index(self, grid: torch.Tensor) -> torch.Tensor:
+        from transformers.vision_utils import get_vision_window_index
+
+        vision = self.model.config.vision_config
+        index, _ = get_vision_window_index(
+            grid, spatial_merge_size=vision.spatial_merge_size, window_size=vision.window_size, patch_size=vision.patch_size
+        )
+        return index
 
 
 class Qwen3VL(QwenVL):
