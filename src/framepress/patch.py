@@ -16,6 +16,7 @@ Stages stack: every ``apply`` adds one, its handle removes it, and the hooks go 
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from .tokens import Tokens
 log = logging.getLogger("framepress")
 
 POSITIONS = ("reassign", "original")
+#: ``Handle.stats`` keeps the records of this many prefills (a long evaluation must not grow without bound)
+STATS_KEPT = 1024
 
 
 @dataclass
@@ -71,7 +74,7 @@ class Rewrite:
     valid: torch.Tensor
     old_length: int
     groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-    features: list[tuple[torch.Tensor, torch.Tensor]]
+    features: list[tuple[torch.Tensor, torch.Tensor | None]]
 
     def gather(self, t: torch.Tensor, dim: int) -> torch.Tensor:
         """Gather ``t`` (batch first, or broadcast over it) along its sequence dim ``dim``."""
@@ -87,7 +90,7 @@ class Rewrite:
         its members), padding zeroed."""
         out = self.gather(hidden, 1)
         for b, ((slots, members, group), (f_slots, feats)) in enumerate(zip(self.groups, self.features)):
-            if use_features and f_slots.numel():
+            if use_features and feats is not None and f_slots.numel():
                 out[b, f_slots] = feats.to(out.dtype)
             elif slots.numel():
                 total = torch.zeros(slots.numel(), hidden.shape[-1], dtype=torch.float32, device=hidden.device)
@@ -133,6 +136,24 @@ def _plan(tokens: Tokens, slots: torch.Tensor):
     return dropped, rep, tokens.features, slots[kept_input], tokens.source[kept_input]
 
 
+def _sample_parts(valid: torch.Tensor, plans: list[tuple]) -> tuple[torch.Tensor, tuple, tuple]:
+    """One sample's kept positions, merge groups and new features, from the plans of its blocks (see _plan)."""
+    gone = ~valid.clone()
+    reps, members, groups, feats = [], [], [], []
+    offset = 0
+    for dropped, rep, features, member, group in plans:
+        gone[dropped] = True
+        reps.append(rep)
+        members.append(member)
+        groups.append(group + offset)
+        feats.append(features)
+        offset += rep.numel()
+    empty = valid.new_zeros(0, dtype=torch.long)
+    cat = lambda parts: torch.cat(parts) if parts else empty  # noqa: E731
+    features = torch.cat(feats) if feats else None
+    return torch.nonzero(~gone).squeeze(1), (cat(reps), cat(members), cat(groups)), (cat(reps), features)
+
+
 @dataclass
 class _Pass:
     """State of one prefill and the decode steps after it."""
@@ -164,7 +185,7 @@ class _Patch:
         self.hooks: list[Any] = []
         self.captured: dict[str, Any] = {}
         self.current = _Pass()
-        self.stats: list[dict[str, Any]] = []
+        self.stats: collections.deque[dict[str, Any]] = collections.deque(maxlen=STATS_KEPT)
         self.warned = False
         self.score_hooks: list[Any] = []
         self.scores: list[torch.Tensor] = []  # [frames, H, W] maps of the videos being encoded, in order
@@ -227,9 +248,9 @@ class _Patch:
         if self.encoding:
             self.scores.append(scores)
 
-    def _take_scores(self, frames: int, grid: tuple[int, int, int]) -> torch.Tensor:
+    def _take_scores(self, grid: tuple[int, int, int]) -> torch.Tensor:
         """The next video's [T, H, W] scores from the queue the vision hooks filled."""
-        taken, need = [], frames
+        taken, need = [], grid[0]
         while need:
             if not self.scores:
                 raise ValueError(
@@ -295,54 +316,39 @@ class _Patch:
                 log.warning("framepress: the inputs hold no video tokens; compression does nothing")
                 self.warned = True
             return kwargs
-        entry = [s for s in self.stages if s.layer is None]
-        if not entry:
+        entry = next((s for s in self.stages if s.layer is None), None)
+        if entry is None:
             return kwargs
         keep, groups, features = [], [], []
         for b in range(B):
-            drop = [torch.nonzero(~valid[b]).squeeze(1)]
-            slot_list, member_list, group_list, feat_slots, feats = [], [], [], [], []
+            plans = []
             for slots, grid in p.blocks[b]:
                 x = embeds[b, slots].reshape(*grid, C)
-                scores = self._take_scores(grid[0], grid) if entry[0].needs_scores else None
-                tokens = self._run(entry, x, scores)
-                dropped, rep, out_features, members, group = _plan(tokens, slots)
-                drop.append(dropped)
-                feat_slots.append(rep)
-                feats.append(out_features)
-                slot_list.append(rep)
-                member_list.append(members)
-                group_list.append(group + sum(s.numel() for s in slot_list[:-1]))
-            gone = torch.zeros(L, dtype=torch.bool, device=embeds.device)
-            gone[torch.cat(drop)] = True
-            keep.append(torch.nonzero(~gone).squeeze(1))
-            cat = lambda parts, dt=torch.long: torch.cat(parts) if parts else torch.empty(0, dtype=dt, device=embeds.device)  # noqa: E731
-            groups.append((cat(slot_list), cat(member_list), cat(group_list)))
-            features.append((cat(feat_slots), torch.cat(feats) if feats else embeds.new_empty(0, C)))
+                params = dict(entry.params, scores=self._take_scores(grid)) if entry.needs_scores else entry.params
+                plans.append(_plan(compress(x, entry.method.name, retention=entry.retention, **params), slots))
+            kept, group, feature = _sample_parts(valid[b], plans)
+            keep.append(kept)
+            groups.append(group)
+            features.append(feature)
             p.blocks[b] = []
         rewrite = _rewrite(keep, groups, features, L, embeds.device)
         p.entry = rewrite
         kwargs = dict(kwargs)
         kwargs["inputs_embeds"] = rewrite.apply(embeds, use_features=True)
         kwargs["attention_mask"] = rewrite.valid.long() if mask2d is not None or rewrite.ragged else None
-        kwargs["position_ids"] = self._entry_positions(rewrite, kwargs.get("position_ids"), valid, entry[0].positions)
+        kwargs["position_ids"] = self._entry_positions(rewrite, kwargs.get("position_ids"), valid, entry.positions)
         if kwargs.get("visual_pos_masks") is not None:
             kwargs.update(self._entry_deepstack(rewrite, kwargs["visual_pos_masks"], kwargs["deepstack_visual_embeds"]))
         p.visual = rewrite.gather(p.visual, 1) & rewrite.valid
         p.valid = rewrite.valid
         new_count = rewrite.valid.sum(1, keepdim=True)
         p.entry_shift = valid.sum(1, keepdim=True) - new_count
-        p.entry_positions = entry[0].positions
+        p.entry_positions = entry.positions
         p.record["stages"].append(
-            {"stage": entry[0].label, "visual_out": p.visual.sum(1).tolist(), "length": rewrite.index.shape[1],
+            {"stage": entry.label, "visual_out": p.visual.sum(1).tolist(), "length": rewrite.index.shape[1],
              "kept": [g[0].tolist() for g in groups]}
         )
         return kwargs
-
-    def _run(self, stages: list[Stage], x: torch.Tensor, scores: torch.Tensor | None) -> Tokens:
-        s = stages[0]
-        params = s.params if scores is None else dict(s.params, scores=scores.to(x.device))
-        return compress(x, s.method.name, retention=s.retention, **params)
 
     def _entry_positions(self, rw: Rewrite, position_ids, valid: torch.Tensor, mode: str):
         contiguous = (rw.valid.long().cumsum(1) - 1).clamp_min(0)
@@ -439,31 +445,24 @@ class _Patch:
         keep, groups, features = [], [], []
         for b in range(B):
             vis = torch.nonzero(p.visual[b]).squeeze(1)
-            real = torch.nonzero(p.valid[b]).squeeze(1)
-            if vis.numel() == 0:
-                keep.append(real)
-                empty = torch.empty(0, dtype=torch.long, device=hidden.device)
-                groups.append((empty, empty, empty))
-                features.append((empty, hidden.new_empty(0, C)))
-                continue
-            intact = p.blocks[b] if len(p.blocks[b]) == 1 else []
-            grid = intact[0][1] if intact else None
-            if stage.method.stage == "pre-llm":
-                if grid is None:
-                    raise ValueError(
-                        f"{stage.label}: a grid method needs the video's whole grid at layer {i}, but an earlier "
-                        "stage cut it (or the sample has several videos)"
-                    )
-                tokens = compress(hidden[b, vis].reshape(*grid, C), stage.method.name, retention=stage.retention, **stage.params)
-            else:
-                tokens = self._layer_method(stage, i, b, hidden, vis, grid)
-            dropped, rep, out_features, members, group = _plan(tokens, vis)
-            gone = ~p.valid[b].clone()
-            gone[dropped] = True
-            keep.append(torch.nonzero(~gone).squeeze(1))
-            groups.append((rep, members, group))
-            merged = stage.method.stage == "pre-llm" or bool((tokens.sizes > 1).any())
-            features.append((rep, out_features) if merged else (rep[:0], out_features[:0]))
+            plans = []
+            if vis.numel():
+                grid = p.blocks[b][0][1] if len(p.blocks[b]) == 1 else None
+                if stage.method.stage == "pre-llm":
+                    if grid is None:
+                        raise ValueError(
+                            f"{stage.label}: a grid method needs the video's whole grid at layer {i}, but an earlier "
+                            "stage cut it (or the sample has several videos)"
+                        )
+                    x = hidden[b, vis].reshape(*grid, C)
+                    tokens = compress(x, stage.method.name, retention=stage.retention, **stage.params)
+                else:
+                    tokens = self._layer_method(stage, i, b, hidden, vis, grid)
+                plans.append(_plan(tokens, vis))
+            kept, group, feature = _sample_parts(p.valid[b], plans)
+            keep.append(kept)
+            groups.append(group)
+            features.append(feature)
         rw = _rewrite(keep, groups, features, L, hidden.device)
         new_hidden = rw.apply(hidden, use_features=True)
         cos, sin = kwargs["position_embeddings"]
@@ -590,14 +589,15 @@ class _Restore:
 
 class Handle:
     """Returned by :func:`apply`: ``remove()`` undoes it; also a context manager. ``stats`` has one record per
-    prefill: visual tokens in, and after each stage."""
+    prefill (the last ``STATS_KEPT``): visual tokens in per sample, and per stage the visual tokens out, the
+    sequence length and the kept positions."""
 
     def __init__(self, patch: _Patch, stage: Stage):
         self._patch, self.stage = patch, stage
         self.removed = False
 
     @property
-    def stats(self) -> list[dict[str, Any]]:
+    def stats(self) -> collections.deque[dict[str, Any]]:
         return self._patch.stats
 
     def remove(self) -> None:

@@ -45,9 +45,12 @@ class Session:
     def ask(self, question: torch.Tensor | list[int], **generate_kwargs: Any):
         """Generate the answer to ``question`` (token ids, [q] or [B, q]) and return the new token ids [B, n]
         (or, with ``return_dict_in_generate=True``, generate's output with ``sequences`` cut to them)."""
+        batch = self.prefix["input_ids"].shape[0]
         question = torch.as_tensor(question, device=self.prefix["input_ids"].device)
         if question.ndim == 1:
-            question = question.expand(self.prefix["input_ids"].shape[0], -1)
+            question = question.expand(batch, -1)
+        if question.ndim != 2 or question.shape[0] != batch:
+            raise ValueError(f"question must be [q] or [{batch}, q] token ids for this prefix, got {tuple(question.shape)}")
         mask = torch.cat([self.prefix["attention_mask"], torch.ones_like(question)], 1)
         with torch.no_grad():
             if not self.reuse:
