@@ -31,7 +31,7 @@ SOME = settings(max_examples=50, **SETTINGS)
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 METHODS = framepress.methods("pre-llm")
 #: Methods that cannot run without a budget; any other method must run with its defaults (retention=None).
-NEEDS_BUDGET = {"random"}
+NEEDS_BUDGET = {"random", "unified", "visionzip"}
 #: Relative precision of each dtype, for comparisons of computed means.
 EPS = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -40,11 +40,15 @@ def _required(name: str) -> tuple[str, ...]:
     return registry.get(name).required
 
 
-def _skip_if_required(name: str) -> None:
-    """Generic tests can only supply retention; a method with required parameters is skipped."""
-    req = _required(name)
-    if req:
-        pytest.skip(f"method {name!r} needs parameter(s) {req} the generic tests cannot supply")
+def _inputs_for(name: str, x: torch.Tensor) -> dict:
+    """Required parameters the generic tests can supply: vision ``scores`` (seeded random [T, H, W]); a method
+    needing anything else is skipped."""
+    req = set(_required(name))
+    if req - {"scores"}:
+        pytest.skip(f"method {name!r} needs parameter(s) {sorted(req)} the generic tests cannot supply")
+    if "scores" in req:
+        return {"scores": torch.rand(x.shape[:3], generator=torch.Generator().manual_seed(x.numel()))}
+    return {}
 
 
 @st.composite
@@ -178,10 +182,10 @@ def test_methods_are_registered():
 @SOME
 @given(x=videos(), retention=retentions)
 def test_budget_and_token_model(name, x, retention):
-    _skip_if_required(name)
+    extra = _inputs_for(name, x)
     budget = budget_for(x, retention)
     kind = registry.get(name).budget
-    out = compress_or_budget_error(x, name, retention)
+    out = compress_or_budget_error(x, name, retention, **extra)
     if out is None:
         assert kind != "exact"
         return
@@ -190,7 +194,7 @@ def test_budget_and_token_model(name, x, retention):
         assert len(out) == budget
     else:  # "steps" and "search" never exceed the budget
         assert len(out) <= budget
-    again = framepress.compress(x, name, retention)
+    again = framepress.compress(x, name, retention, **extra)
     assert_same(out, again)
 
 
@@ -198,10 +202,10 @@ def test_budget_and_token_model(name, x, retention):
 @FEW
 @given(x=videos())
 def test_defaults_without_budget(name, x):
-    _skip_if_required(name)
+    extra = _inputs_for(name, x)
     if name in NEEDS_BUDGET:
         with pytest.raises(ValueError, match="retention"):
-            framepress.compress(x, name)
+            framepress.compress(x, name, **extra)
         return
     out = framepress.compress(x, name)
     assert_token_model(out, x)
@@ -212,10 +216,8 @@ def test_defaults_without_budget(name, x):
 @pytest.mark.parametrize("name", METHODS)
 def test_full_retention_keeps_every_token(name):
     """retention=1 asks for every token; every built-in method then returns all of them."""
-    if name not in {"sttm", "pool", "frames", "random"}:
-        pytest.skip("only the built-in methods are known to be lossless at retention 1")
     x = synthetic(5, 7, 6, 3, seed=1)
-    out = framepress.compress(x, name, 1.0)
+    out = framepress.compress(x, name, 1.0, **_inputs_for(name, x))
     assert_token_model(out, x)
     assert len(out) == x.shape[0] * x.shape[1] * x.shape[2]
     assert bool((out.source >= 0).all())

@@ -71,3 +71,22 @@ def choice(name: str, value: Any, options: Iterable[str]) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {value!r}")
     return value
+
+
+def retention_pair(r: Any) -> tuple[float | None, float | None]:
+    """A model's retention: a number, "A%", or "A%/B%" (A% of the visual tokens enter the LLM, B% go on after
+    the in-LLM stage). Returns (A, B) as shares; B is None unless given."""
+    if isinstance(r, str):
+        parts = r.replace(" ", "").split("/")
+        if len(parts) > 2 or not all(p.endswith("%") for p in parts):
+            raise ValueError(f'retention must be a number in (0, 1], "A%" or "A%/B%", got {r!r}')
+        try:
+            shares = [float(p[:-1]) / 100 for p in parts]
+        except ValueError:
+            raise ValueError(f'retention must be a number in (0, 1], "A%" or "A%/B%", got {r!r}') from None
+        first = retention(shares[0])
+        second = retention(shares[1]) if len(shares) == 2 else None
+        if second is not None and second > first:
+            raise ValueError(f"retention {r!r}: B% after the in-LLM stage cannot exceed the A% that enter the LLM")
+        return first, second
+    return retention(r), None

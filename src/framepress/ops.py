@@ -132,4 +132,75 @@ def group_mean(rows: Rows, group: torch.Tensor, n_groups: int, weight: torch.Ten
         total.index_add_(0, group[part], x if weight is None else x * weight[part, None].to(cd))
     w = torch.ones(group.numel(), dtype=cd, device=group.device) if weight is None else weight.to(cd)
     count = torch.zeros(n_groups, dtype=cd, device=group.device).index_add_(0, group, w)
-    return total.div_(count[:, None]).to(sample.dtype)
+    return total.div_(count.clamp_min(torch.finfo(cd).tiny)[:, None]).to(sample.dtype)  # an empty group is 0
+
+
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """[N, N] dot products of the rows of x [N, C] in the compute dtype: one matrix product from which both
+    cosines and Euclidean distances follow (so a method needing both pays for one)."""
+    x = x.to(compute_dtype(x.dtype))
+    return x @ x.T
+
+
+def cosines_from_gram(g: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    norm = g.diagonal().clamp_min(0).sqrt().clamp_min(eps)
+    return g / norm[:, None] / norm[None, :]
+
+
+def distances_from_gram(g: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Euclidean distances ||xi - xj|| * scale from a Gram matrix (exact zeros on the diagonal)."""
+    sq = g.diagonal()
+    d = (sq[:, None] + sq[None, :] - 2 * g).clamp_min(0).sqrt() * scale
+    return d.fill_diagonal_(0)
+
+
+def dpc_knn(distances: torch.Tensor, n_centers: int, k: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    """Density-peak clustering with k-nearest-neighbour density (DPC-KNN; specs/unified.md §3.3, the canonical
+    implementation shared by Chat-UniVi, PruneVid, HoliTom and FastVID).
+
+    ``distances`` [N, N] (the canonical scale is ||xi - xj|| / sqrt(C)). Density: exp(-mean squared distance to
+    the k nearest, the point itself included); delta: the distance to the nearest denser point (the densest
+    point: the largest distance of all); centers: the ``n_centers`` largest density x delta. Ties in density are
+    broken by index (lower index counts as denser) instead of the official random noise, so the result is
+    deterministic. Returns the centers (ascending) and each point's cluster in [0, n_centers): its nearest center
+    (a center is its own).
+    """
+    n = distances.shape[0]
+    n_centers = max(1, min(n_centers, n))
+    k = max(1, min(k, n))
+    nearest = distances.topk(k, dim=1, largest=False).values
+    density = torch.exp(-(nearest**2).mean(1))
+    index = torch.arange(n, device=distances.device)
+    denser = (density[None, :] > density[:, None]) | ((density[None, :] == density[:, None]) & (index[None, :] < index[:, None]))
+    delta = torch.where(denser, distances, torch.inf).amin(1)
+    top = ~denser.any(1)
+    delta = torch.where(top, distances.max(), delta)
+    centers = top_indices(density * delta, n_centers)
+    cluster = distances[:, centers].argmin(1)
+    cluster[centers] = torch.arange(n_centers, device=distances.device)
+    return centers, cluster
+
+
+def top_indices(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The indices of the ``k`` largest values, ascending; ties go to the lower index (the same on every device,
+    unlike ``torch.topk``)."""
+    return torch.sort(values, descending=True, stable=True).indices[:k].sort().values
+
+
+def first_fit(conflict: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Greedy selection in priority order, in parallel rounds: item i (priority = index) is taken when
+    ``allowed[i]`` and no taken item j < i has ``conflict[i, j]``. Equals the sequential greedy pass exactly (the
+    lexicographically first maximal independent set); each round settles every item whose higher-priority
+    conflicts are all settled, so the rounds are as many as the longest chain of conflicts."""
+    n = conflict.shape[0]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=conflict.device).tril(-1)
+    conflict = conflict & earlier & allowed[None, :]
+    taken = torch.zeros(n, dtype=torch.bool, device=conflict.device)
+    open_ = allowed.clone()
+    while bool(open_.any()):
+        blocked = (conflict & taken[None, :]).any(1)
+        waiting = (conflict & open_[None, :]).any(1)
+        newly = open_ & ~blocked & ~waiting
+        taken |= newly
+        open_ &= ~(newly | blocked)
+    return taken

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from . import budget as _budget
-from . import checks, registry
+from . import checks, flops, registry
 from .api import compress
 from .layer import LayerInputs
 from .models import Adapter, adapter_for
@@ -309,7 +309,7 @@ class _Patch:
             for slots, _ in sample:
                 p.visual[b, slots] = True
         p.original_visual = [int(p.visual[b].sum()) for b in range(B)]
-        p.record = {"tokens_in": p.original_visual, "stages": []}
+        p.record = {"tokens_in": p.original_visual, "stages": [], "layer_tokens": {0: valid.sum(1).tolist()}}
         self.stats.append(p.record)
         if not any(p.original_visual):
             if not self.warned:
@@ -342,6 +342,7 @@ class _Patch:
         p.visual = rewrite.gather(p.visual, 1) & rewrite.valid
         p.valid = rewrite.valid
         new_count = rewrite.valid.sum(1, keepdim=True)
+        p.record["layer_tokens"][0] = new_count[:, 0].tolist()
         p.entry_shift = valid.sum(1, keepdim=True) - new_count
         p.entry_positions = entry.positions
         p.record["stages"].append(
@@ -482,6 +483,7 @@ class _Patch:
             p.layers[i]["position_ids"] = new_pos
         p.cut_at.append(i)
         p.cuts.append(rw)
+        p.record["layer_tokens"][i] = rw.valid.sum(1).tolist()
         p.key_valid[i] = rw.valid
         p.visual = rw.gather(p.visual, 1) & rw.valid
         p.valid = rw.valid
@@ -592,20 +594,33 @@ class Handle:
     prefill (the last ``STATS_KEPT``): visual tokens in per sample, and per stage the visual tokens out, the
     sequence length and the kept positions."""
 
-    def __init__(self, patch: _Patch, stage: Stage):
-        self._patch, self.stage = patch, stage
+    def __init__(self, patch: _Patch, stages: list[Stage]):
+        self._patch, self.stages = patch, stages
         self.removed = False
 
     @property
     def stats(self) -> collections.deque[dict[str, Any]]:
         return self._patch.stats
 
+    def flops(self, record: dict[str, Any] | None = None) -> list[float]:
+        """Analytical prefill FLOPs of the language model per sample of a record (the last by default): every
+        layer counted with the tokens it held (:mod:`framepress.flops`)."""
+        record = self.stats[-1] if record is None else record
+        llm = flops.LLM.from_config(self._patch.model.config)
+        changes = sorted(record["layer_tokens"].items())
+        per_sample = []
+        for b in range(len(record["tokens_in"])):
+            counts = [next(c[b] for k, c in reversed(changes) if k <= layer) for layer in range(llm.layers)]
+            per_sample.append(flops.prefill_flops(counts, llm))
+        return per_sample
+
     def remove(self) -> None:
         if self.removed:
             return
         self.removed = True
         patch = self._patch
-        patch.stages.remove(self.stage)
+        for stage in self.stages:
+            patch.stages.remove(stage)
         if not patch.stages:
             patch.uninstall()
             patch.model.__dict__.pop("_framepress_patch", None)
@@ -622,7 +637,7 @@ class Handle:
 def apply(
     model: torch.nn.Module,
     method: str,
-    retention: float | None = None,
+    retention: float | str | None = None,
     *,
     layer: int | None = None,
     positions: str | None = None,
@@ -634,22 +649,66 @@ def apply(
         model: a supported Hugging Face Video-LLM (``framepress.models.ADAPTERS``), patched in place.
         method: a registered method. Grid methods (``sttm``, ``pool``, ...) run before the LLM by default;
             in-LLM methods (``fastv``) at their paper's layer.
-        retention: share of each video's visual tokens to keep, in (0, 1]. For an in-LLM stage it is a share of
-            the video's original tokens, so stacked stages read "A%/B%".
+        retention: share of each video's visual tokens to keep, in (0, 1]; an in-LLM stage's share counts the
+            video's original tokens, so stacked stages read "A%/B%". A method whose paper adds an in-LLM part
+            (``unified``, ``holitom``) runs both: a number r means "r / r*R" with the paper's R, "A%/B%" sets
+            both, "A%" runs the pre-LLM part alone.
         layer: run at the input of this decoder layer instead (a grid method needs the whole grid there, so it
             cannot follow another stage).
         positions: 1-D RoPE models: "reassign" (contiguous positions for the kept tokens; default for grid methods,
             STTM's choice) or "original" (the kept tokens keep their original positions, gaps left; default for
             in-LLM methods, FastV's). M-RoPE models always keep each token's original (t, h, w).
-        **params: the method's parameters.
+        **params: the method's parameters (and its in-LLM part's).
     """
     adapter = adapter_for(model)
     spec = registry.get(method)
-    retention = checks.retention(retention)
+    first, second = checks.retention_pair(retention)
+    if second is not None and spec.inner is None:
+        raise ValueError(f'{method} has no in-LLM part: retention "A%/B%" needs one (stack a second apply instead)')
+    inner = None
+    if spec.inner is not None and layer is None and not (isinstance(retention, str) and second is None):
+        inner_name, share = spec.inner
+        inner = registry.get(inner_name)
+        if second is None and first is not None:
+            second = first * share
+    own = {k: v for k, v in params.items() if k in spec.params or inner is None or k not in inner.params}
+    inner_params = {k: v for k, v in params.items() if k not in own}
+    stages = [_stage(adapter, spec, first, own, layer, positions)]
+    if inner is not None:
+        stages.append(_stage(adapter, inner, second, inner_params, None, None))
+    patch = model.__dict__.get("_framepress_patch")
+    taken = {s.layer: s.label for s in patch.stages} if patch is not None else {}
+    for stage in stages:
+        if stage.layer in taken:
+            raise ValueError(f"{stage.label}: that stage is taken by {taken[stage.layer]}; remove it first")
+        taken[stage.layer] = stage.label
+    fresh = patch is None
+    if fresh:
+        patch = _Patch(model, adapter)
+    patch.stages.extend(stages)
+    try:
+        if fresh:
+            patch.install()
+        patch.update_score_hooks()
+    except Exception:
+        for stage in stages:
+            patch.stages.remove(stage)
+        if fresh:
+            patch.uninstall()
+        raise
+    if fresh:
+        model.__dict__["_framepress_patch"] = patch
+    return Handle(patch, stages)
+
+
+def _stage(adapter: Adapter, spec: registry.Method, retention, params, layer, positions) -> Stage:
+    """Check one stage's settings against the model and the method."""
     spec.bind({**params, "scores": None} if "scores" in spec.params and "scores" not in params else params)
     n_layers = len(adapter.layers)
     if layer is None and spec.stage == "in-llm":
         layer = spec.default_layer
+        if layer >= n_layers:
+            raise ValueError(f"{spec.name} runs at layer {layer} by default, but the model has {n_layers} layers; give layer")
     if layer is not None:
         layer = checks.integer("layer", layer, 1, n_layers - 1)
     if positions is None:
@@ -657,32 +716,10 @@ def apply(
     positions = checks.choice("positions", positions, POSITIONS)
     if adapter.rope == "mrope" and positions != "original":
         raise ValueError(f"{adapter.name} uses M-RoPE: kept tokens keep their (t, h, w) positions; positions must be 'original'")
-    if spec.stage == "in-llm" and layer is None:
-        raise ValueError(f"{method} runs inside the LLM: give layer")
     stage = Stage(spec, retention, dict(params), layer, positions)
     if stage.needs_scores:
         if "scores" in params:
-            raise ValueError(f"{method}: inside a model the scores come from its vision encoder; do not pass scores")
+            raise ValueError(f"{spec.name}: inside a model the scores come from its vision encoder; do not pass scores")
         if layer is not None:
-            raise ValueError(f"{method} uses the vision encoder's scores, so it runs before the LLM (no layer)")
-    patch = model.__dict__.get("_framepress_patch")
-    if patch is not None:
-        clash = [s.label for s in patch.stages if s.layer == layer]
-        if clash:
-            raise ValueError(f"{stage.label}: that stage is taken by {clash[0]}; remove it first")
-    fresh = patch is None
-    if fresh:
-        patch = _Patch(model, adapter)
-    patch.stages.append(stage)
-    try:
-        if fresh:
-            patch.install()
-        patch.update_score_hooks()
-    except Exception:
-        patch.stages.remove(stage)
-        if fresh:
-            patch.uninstall()
-        raise
-    if fresh:
-        model.__dict__["_framepress_patch"] = patch
-    return Handle(patch, stage)
+            raise ValueError(f"{spec.name} uses the vision encoder's scores, so it runs before the LLM (no layer)")
+    return stage

@@ -40,6 +40,7 @@ class Method:
     query_aware: bool
     params: Mapping[str, Any]
     default_layer: int | None = None
+    inner: tuple[str, float] | None = None  # (in-LLM method, default share it keeps) run after this one in a model
 
     @property
     def summary(self) -> str:
@@ -75,8 +76,11 @@ def register(
     stage: str = "pre-llm",
     query_aware: bool = False,
     layer: int | None = None,
+    inner: tuple[str, float] | None = None,
 ) -> Callable[[Callable[..., Tokens]], Callable[..., Tokens]]:
-    """Register ``fn(x, budget, *, **params)`` under ``name``; an in-LLM method gives its paper's ``layer``."""
+    """Register ``fn(x, budget, *, **params)`` under ``name``; an in-LLM method gives its paper's ``layer``; a
+    pre-LLM method whose paper adds an in-LLM part names it in ``inner`` with the share of the pre-LLM tokens it
+    keeps by default (so ``framepress.apply`` runs both, "A%/B%")."""
     if budget not in BUDGET_KINDS:
         raise ValueError(f"budget must be one of {sorted(BUDGET_KINDS)}, got {budget!r}")
     if stage not in STAGES or (stage == "in-llm") != (layer is not None):
@@ -89,7 +93,7 @@ def register(
         params = {
             p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
         }
-        _METHODS[name] = Method(name, fn, paper, budget, stage, query_aware, params, layer)
+        _METHODS[name] = Method(name, fn, paper, budget, stage, query_aware, params, layer, inner)
         return fn
 
     return decorate

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from .. import ops
 from ..layer import LayerInputs
 from ..registry import register
 from ..tokens import Tokens
@@ -34,5 +35,5 @@ def fastv(inputs: LayerInputs, budget: int | None) -> Tokens:
     n, c = inputs.visual.shape
     keep = math.ceil(n / 2) if budget is None else budget
     scores = inputs.last_attention()
-    index = torch.topk(scores.float(), keep, sorted=False).indices.sort().values
+    index = ops.top_indices(scores.float(), keep)
     return Tokens.select(inputs.visual.reshape(1, 1, n, c), index, {"layer": inputs.layer})

@@ -1,0 +1,185 @@
+"""Unified spatiotemporal token compression (arXiv 2603.21957, CVPR 2026; specs/unified.md).
+
+Pre-LLM (``unified``, §3.2-3.3): one global pool over all frames. Candidates are visited in descending
+contribution score (the vision encoder's attention, pooled to the LLM grid); a candidate joins the kept pool
+unless its cosine to a kept token reaches ``tau``. The rest form a recycle pool, clustered by DPC-KNN into the
+cluster share of the budget; each cluster becomes the mean of its members at its center's position. Kept and
+merged tokens come out in spatiotemporal order: exactly the budget.
+
+In-LLM (``unified_merge``, §3.4): at layer K (18) keep R of the visual tokens by text-aware importance,
+(1 - lambda) * normalized max text-to-visual attention + lambda * normalized max cosine to the text tokens, and
+merge every other visual token into its most similar kept one. Inside a model ``framepress.apply(model,
+"unified", retention="2%/1%")`` runs both ("A%/B%": A% enter the LLM, B% go on after layer K).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import checks, ops
+from ..layer import LayerInputs
+from ..registry import register
+from ..tokens import Tokens
+
+MERGES = ("mean", "center")
+
+
+def contribution(x: torch.Tensor, scores) -> torch.Tensor:
+    """[T*H*W] scores: the vision encoder's ([T, H, W] tensor), or "norm", each feature's L2 norm (a documented
+    stand-in when no encoder attention is at hand; never chosen silently)."""
+    T, H, W, _ = x.shape
+    if isinstance(scores, str):
+        checks.choice("scores", scores, ("norm",))
+        return x.float().norm(dim=-1).reshape(-1)
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(
+            "scores must be the [T, H, W] contribution scores of the vision encoder (inside a model framepress "
+            "computes them; standalone, pass them) or the string 'norm'"
+        )
+    if tuple(scores.shape) != (T, H, W):
+        raise ValueError(f"scores must have shape [T, H, W] = {[T, H, W]}, got {list(scores.shape)}")
+    if not scores.is_floating_point() or not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores must be finite floating-point values")
+    return scores.to(x.device, torch.float32).reshape(-1)
+
+
+def select_diverse(cosines: torch.Tensor, order: torch.Tensor, tau: float, limit: int) -> torch.Tensor:
+    """The greedy pass of Eq. 2: walk ``order`` and keep a token unless its cosine to a kept one is >= tau, until
+    ``limit`` are kept. Exact, in parallel rounds over growing blocks of candidates (:func:`ops.first_fit`).
+    Returns the kept token indices in visiting order."""
+    kept = order[:0]
+    start, block = 0, max(64, 2 * limit)
+    while kept.numel() < limit and start < order.numel():
+        cand = order[start : start + block]
+        free = (cosines[cand][:, kept] < tau).all(1) if kept.numel() else torch.ones_like(cand, dtype=torch.bool)
+        taken = ops.first_fit(cosines[cand][:, cand] >= tau, free)
+        kept = torch.cat([kept, cand[taken]])[:limit]
+        start, block = start + block, 2 * block
+    return kept
+
+
+@register(
+    "unified",
+    paper="Unified Spatiotemporal Token Compression for Video-LLMs at Ultra-Low Retention (arXiv 2603.21957, CVPR 2026)",
+    budget="exact",
+    inner=("unified_merge", 0.5),
+)
+def unified(
+    x: torch.Tensor,
+    budget: int | None,
+    *,
+    scores,
+    tau: float = 0.7,
+    cluster_ratio: float = 0.3,
+    k: int = 7,
+    merge: str = "mean",
+    beta: float = 0.6,
+) -> Tokens:
+    """Global attention-ordered selection with a redundancy test, then DPC-KNN clustering of the rest.
+
+    Args:
+        scores: [T, H, W] contribution scores of the vision encoder (inside a model: supplied), or "norm".
+        tau: cosine at or above which a candidate is redundant with the kept pool (0.7).
+        cluster_ratio: share of the budget that comes from clustering the recycle pool (0.3); the rest from
+            selection. Selection slots left when candidates run out go to clustering.
+        k: neighbours of the DPC-KNN density (7).
+        merge: "mean" of each cluster's members, center included (the paper's "averaged"), or "center":
+            beta * center + (1 - beta) * mean of the others (HoliTom's variant).
+        beta: the center's weight for merge="center" (0.6).
+    """
+    tau = checks.number("tau", tau, -1.0, 1.0)
+    cluster_ratio = checks.number("cluster_ratio", cluster_ratio, 0.0, 1.0)
+    k = checks.integer("k", k, 1)
+    merge = checks.choice("merge", merge, MERGES)
+    beta = checks.number("beta", beta, 0.0, 1.0)
+    if budget is None:
+        raise ValueError("unified needs a retention (its budget)")
+    T, H, W, C = x.shape
+    n = T * H * W
+    flat = x.reshape(n, C)
+    score = contribution(x, scores)
+    g = ops.gram(flat)
+    cos = ops.cosines_from_gram(g)
+    order = torch.sort(-score, stable=True).indices
+    n_select = budget - round(cluster_ratio * budget)
+    kept = select_diverse(cos, order, tau, n_select).sort().values
+    recycle = torch.ones(n, dtype=torch.bool, device=x.device)
+    recycle[kept] = False
+    pool = torch.nonzero(recycle).squeeze(1)
+    n_clusters = min(budget - kept.numel(), pool.numel())
+    source = torch.full((n,), -1, dtype=torch.long, device=x.device)
+    if n_clusters:
+        distances = ops.distances_from_gram(g[pool][:, pool], scale=1 / math.sqrt(C))
+        centers, cluster = ops.dpc_knn(distances, n_clusters, k)
+        weight = None
+        if merge == "center":
+            size = torch.bincount(cluster, minlength=n_clusters).to(torch.float32)
+            others = (size - 1).clamp_min(1)[cluster]
+            is_center = torch.zeros_like(cluster, dtype=torch.bool)
+            is_center[centers] = True
+            weight = torch.where(is_center, torch.tensor(beta), (1 - beta) / others)
+            weight = torch.where(is_center & (size[cluster] == 1), torch.tensor(1.0), weight)
+        merged = ops.group_mean(flat[pool], cluster, n_clusters, weight)
+        reps = pool[centers]
+    else:
+        merged, reps, cluster = flat[:0], kept[:0], kept[:0]
+    positions = torch.cat([kept, reps])
+    out_order = torch.argsort(positions)
+    rank = torch.empty_like(out_order)
+    rank[out_order] = torch.arange(out_order.numel(), device=x.device)
+    source[kept] = rank[: kept.numel()]
+    if n_clusters:
+        source[pool] = rank[kept.numel() + cluster]
+    features = torch.cat([flat[kept], merged])[out_order]
+    positions = positions[out_order]
+    t, rem = positions // (H * W), positions % (H * W)
+    y, xx = rem // W, rem % W
+    boxes = torch.stack([t, y, xx, y + 1, xx + 1], 1)
+    info = {"selected": int(kept.numel()), "clusters": int(n_clusters)}
+    return Tokens.from_source(features, boxes, source, (T, H, W), info)
+
+
+@register(
+    "unified_merge",
+    paper="Unified Spatiotemporal Token Compression (arXiv 2603.21957), text-aware merging inside the LLM",
+    budget="exact",
+    stage="in-llm",
+    query_aware=True,
+    layer=18,
+)
+def unified_merge(inputs: LayerInputs, budget: int | None, *, lam: float = 0.5) -> Tokens:
+    """Keep the visual tokens with the highest text-aware importance; merge each other one into its most similar
+    kept token (a batched mean of the kept token and everything merged into it).
+
+    Importance = (1 - lam) * minmax(max over text tokens of their attention to the token, at layer K-1, mean over
+    heads) + lam * minmax(max cosine to the text tokens' hidden states at layer K). Without a retention it keeps
+    half (the paper's R = 50%).
+    """
+    lam = checks.number("lam", lam, 0.0, 1.0)
+    visual, text = inputs.visual, inputs.text
+    n, c = visual.shape
+    keep = math.ceil(n / 2) if budget is None else min(budget, n)
+    if text.shape[0] == 0 or keep >= n:
+        return Tokens.select(visual.reshape(1, 1, n, c), torch.arange(keep, device=visual.device))
+    attention = inputs.text_attention().amax(0) if lam < 1 else torch.zeros(n, device=visual.device)
+    similarity = (ops.normalize(visual) @ ops.normalize(text).T).amax(1) if lam > 0 else torch.zeros_like(attention)
+    importance = (1 - lam) * _minmax(attention) + lam * _minmax(similarity)
+    kept = ops.top_indices(importance, keep)
+    dropped = torch.ones(n, dtype=torch.bool, device=visual.device)
+    dropped[kept] = False
+    target = torch.arange(n, device=visual.device)
+    target[kept] = torch.arange(keep, device=visual.device)
+    if bool(dropped.any()):
+        nearest = (ops.normalize(visual[dropped]) @ ops.normalize(visual[kept]).T).argmax(1)
+        target[dropped] = nearest
+    features = ops.group_mean(visual, target, keep)
+    boxes = torch.stack([torch.zeros_like(kept), torch.zeros_like(kept), kept, torch.ones_like(kept), kept + 1], 1)
+    return Tokens.from_source(features, boxes, target, (1, 1, n), {"layer": inputs.layer})
+
+
+def _minmax(v: torch.Tensor) -> torch.Tensor:
+    v = v.float()
+    span = v.max() - v.min()
+    return (v - v.min()) / span if span > 0 else torch.zeros_like(v)

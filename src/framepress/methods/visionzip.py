@@ -1,0 +1,102 @@
+"""VisionZip (Yang et al., CVPR 2025; specs/baselines.md §2), per frame as its LLaVA-OneVision / LLaVA-Video port
+runs it: in each frame keep the dominant tokens (most attention received in the vision encoder) and condense the
+rest into a few contextual tokens.
+
+Contextual tokens: among the frame's remaining tokens, targets at a uniform stride in token order; every other
+remaining token joins its most cosine-similar target. The official code sets a contextual token to the target
+*plus* the mean of the tokens assigned to it (a sum, not a re-average): ``contextual="sum"`` replicates that,
+``"mean"`` averages the target with them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import checks, ops
+from ..registry import register
+from ..tokens import Tokens
+from .unified import contribution
+
+CONTEXTUAL = ("sum", "mean")
+
+
+def frame_budgets(budget: int, frames: int, per_frame: int) -> torch.Tensor:
+    """An exact total spread over frames: budget // T each, one more for the first budget % T frames."""
+    if budget > frames * per_frame:
+        raise ValueError(f"budget {budget} exceeds the {frames * per_frame} tokens")
+    base = torch.full((frames,), budget // frames, dtype=torch.long)
+    base[: budget % frames] += 1
+    return base
+
+
+@register("visionzip", paper="Yang et al., VisionZip, CVPR 2025 (arXiv 2412.04467)", budget="exact")
+def visionzip(
+    x: torch.Tensor,
+    budget: int | None,
+    *,
+    scores,
+    dominant_share: float = 54 / 64,
+    contextual: str = "sum",
+) -> Tokens:
+    """Per frame: the dominant tokens by vision attention, plus contextual tokens condensing the rest.
+
+    Args:
+        scores: [T, H, W] attention each token receives in the vision encoder (inside a model: supplied), or
+            "norm".
+        dominant_share: share of each frame's budget for dominant tokens (54/64, the paper's 54+10 split).
+        contextual: "sum" (official: target + mean of its assigned tokens) or "mean".
+
+    The budget is exact: budget // T tokens a frame, one more for the first budget % T frames (a frame with no
+    budget is dropped).
+    """
+    dominant_share = checks.number("dominant_share", dominant_share, 0.0, 1.0)
+    contextual = checks.choice("contextual", contextual, CONTEXTUAL)
+    if budget is None:
+        raise ValueError("visionzip needs a retention (its budget)")
+    T, H, W, C = x.shape
+    n = H * W
+    score = contribution(x, scores).reshape(T, n)
+    dev = x.device
+    per_frame = frame_budgets(budget, T, n).to(dev)
+    n_dom = torch.round(per_frame.float() * dominant_share).long()
+    n_ctx = per_frame - n_dom
+    n_ctx = torch.where((n_ctx > 0) & (n_dom == n), 0, n_ctx)
+    n_dom = per_frame - n_ctx
+    rank_of = torch.empty(T, n, dtype=torch.long, device=dev)
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices
+    rank_of.scatter_(1, order, torch.arange(n, device=dev).expand(T, n))
+    dominant = rank_of < n_dom[:, None]
+    rest = ~dominant
+    rest_rank = torch.cumsum(rest, 1) - 1  # order among the frame's remaining tokens
+    n_rest = rest.sum(1)
+    stride = torch.clamp(n_rest // n_ctx.clamp_min(1), min=1)
+    target = rest & (rest_rank % stride[:, None] == 0) & (rest_rank // stride[:, None] < n_ctx[:, None])
+    frames = ops.normalize(x.reshape(T, n, C))
+    cos = frames @ frames.transpose(1, 2)  # [T, n, n]
+    nearest = cos.masked_fill(~target[:, None, :], -torch.inf).argmax(2)  # each token's most similar target
+    flat = torch.arange(T * n, device=dev).reshape(T, n)
+    owner = torch.full((T, n), -1, dtype=torch.long, device=dev)
+    owner[dominant] = flat[dominant]
+    owner[target] = flat[target]
+    assigned = rest & ~target & (n_ctx[:, None] > 0)
+    owner[assigned] = torch.gather(flat, 1, nearest)[assigned]
+    kept = torch.nonzero((dominant | target).reshape(-1)).squeeze(1)
+    slot = torch.full((T * n,), -1, dtype=torch.long, device=dev)
+    slot[kept] = torch.arange(kept.numel(), device=dev)
+    source = torch.where(owner.reshape(-1) >= 0, slot[owner.reshape(-1).clamp_min(0)], -1)
+    feats = x.reshape(T * n, C)
+    out = feats[kept].clone()
+    is_target = target.reshape(-1)[kept]
+    if bool(assigned.any()):
+        members = torch.nonzero(assigned.reshape(-1)).squeeze(1)
+        mean = ops.group_mean(feats[members], source[members], kept.numel())
+        has = torch.bincount(source[members], minlength=kept.numel()) > 0
+        if contextual == "sum":
+            out[has] = (feats[kept][has].float() + mean[has].float()).to(x.dtype)
+        else:
+            both = torch.cat([members, kept[is_target]])
+            out = torch.where(is_target[:, None], ops.group_mean(feats[both], source[both], kept.numel()), out)
+    t, rem = kept // n, kept % n
+    y, xx = rem // W, rem % W
+    boxes = torch.stack([t, y, xx, y + 1, xx + 1], 1)
+    return Tokens.from_source(out, boxes, source, (T, H, W), {"dominant": int(dominant.sum()), "contextual": int(target.sum())})
