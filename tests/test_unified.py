@@ -122,3 +122,78 @@ def test_missing_or_bad_scores_say_how_to_get_them(video):
         framepress.compress(x, "unified", retention=0.1, scores="attention")
     with pytest.raises(ValueError, match="needs a retention"):
         framepress.compress(x, "unified", scores="norm")
+
+
+def test_text_aware_merge_keeps_the_most_important_and_averages_the_rest():
+    from framepress.layer import LayerInputs
+    from framepress.methods.unified import unified_merge
+
+    g = torch.Generator().manual_seed(5)
+    visual, text = torch.randn(12, 16, generator=g), torch.randn(4, 16, generator=g)
+    attention = torch.rand(4, 12, generator=g)
+    inputs = LayerInputs(visual, text, None, 18, _text_attention=lambda: attention)
+    out = unified_merge(inputs, 5, lam=0.5)
+    out.check()
+    mm = lambda v: (v - v.min()) / (v.max() - v.min())  # noqa: E731
+    cos = torch.nn.functional.cosine_similarity(visual[:, None], text[None], dim=-1).amax(1)
+    importance = 0.5 * mm(attention.amax(0)) + 0.5 * mm(cos)
+    kept = torch.sort(importance, descending=True).indices[:5].sort().values
+    assert torch.equal(out.boxes[:, 2], kept) and len(out) == 5
+    similar = torch.nn.functional.cosine_similarity(visual[:, None], visual[kept][None], dim=-1).argmax(1)
+    similar[kept] = torch.arange(5)
+    assert torch.equal(out.source, similar)
+    for i in range(5):
+        torch.testing.assert_close(out.features[i], visual[similar == i].mean(0))
+    attention_only = unified_merge(LayerInputs(visual, text, None, 18, _text_attention=lambda: attention), 5, lam=0.0)
+    assert torch.equal(attention_only.boxes[:, 2], torch.sort(attention.amax(0), descending=True).indices[:5].sort().values)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
+def test_unified_in_a_model_reads_a_percent_b_percent(family):
+    from framepress.flops import LLM, prefill_flops
+    from framepress.models.tiny import random_frames, tiny_model, video_inputs
+
+    model = tiny_model(family)
+    inputs = video_inputs(model, [random_frames(model, 4, seed=s) for s in (0, 1)])
+    with framepress.apply(model, "unified", retention="50%/20%", inner_layer=2) as handle:
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=2, suppress_tokens=[250, 251, 252, 253])
+        record = handle.stats[-1]
+        n = record["tokens_in"][0]
+        assert record["stages"][0]["visual_out"] == [round(0.5 * n)] * 2
+        assert record["stages"][1]["visual_out"] == [round(0.2 * n)] * 2
+        counts = [record["layer_tokens"][0][0]] * 2 + [record["layer_tokens"][2][0]] * 2
+        assert handle.flops() == [prefill_flops(counts, LLM.from_config(model.config))] * 2
+    with framepress.apply(model, "unified", retention=0.5, inner_layer=2) as handle:  # a number: the paper's R=50%
+        with torch.no_grad():
+            model(**inputs)
+        assert [s["visual_out"][0] for s in handle.stats[-1]["stages"]] == [round(0.5 * n), round(0.25 * n)]
+    with pytest.raises(ValueError, match="inner_layer"):
+        framepress.apply(model, "unified", retention=0.5)  # layer 18 of a 4-layer model
+    assert "_framepress_patch" not in model.__dict__
+
+
+def test_visionzip_keeps_dominant_tokens_per_frame_and_condenses_the_rest(video):
+    x, scores = video
+    out = framepress.compress(x, "visionzip", retention=0.1, scores=scores)
+    out.check()
+    budget = round(0.1 * 1568)
+    assert len(out) == budget
+    per_frame = torch.bincount(out.boxes[:, 0], minlength=8)
+    assert per_frame.tolist() == [budget // 8 + (t < budget % 8) for t in range(8)]
+    flat = x.reshape(-1, 64)
+    reps = out.boxes[:, 0] * 196 + out.boxes[:, 1] * 14 + out.boxes[:, 2]
+    for t in range(8):
+        mine = reps[out.boxes[:, 0] == t]
+        n_dom = round(int(per_frame[t]) * 54 / 64)
+        top = torch.sort(scores[t].reshape(-1), descending=True, stable=True).indices[:n_dom] + t * 196
+        assert set(top.tolist()) <= set(mine.tolist())
+    for i in torch.nonzero(out.sizes > 1).squeeze(1).tolist():  # contextual: target + mean of its others
+        members = torch.nonzero(out.source == i).squeeze(1)
+        others = members[members != reps[i]]
+        torch.testing.assert_close(out.features[i], flat[reps[i]] + flat[others].mean(0), rtol=1e-5, atol=1e-5)
+    mean = framepress.compress(x, "visionzip", retention=0.1, scores=scores, contextual="mean")
+    for i in torch.nonzero(mean.sizes > 1).squeeze(1).tolist():
+        torch.testing.assert_close(mean.features[i], flat[mean.source == i].mean(0), rtol=1e-5, atol=1e-5)
+    few = framepress.compress(x, "visionzip", retention=3 / 1568, scores=scores)  # fewer tokens than frames
+    assert len(few) == 3 and torch.bincount(few.boxes[:, 0], minlength=8).tolist() == [1, 1, 1, 0, 0, 0, 0, 0]

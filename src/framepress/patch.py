@@ -640,6 +640,7 @@ def apply(
     retention: float | str | None = None,
     *,
     layer: int | None = None,
+    inner_layer: int | None = None,
     positions: str | None = None,
     **params: Any,
 ) -> Handle:
@@ -655,6 +656,7 @@ def apply(
             both, "A%" runs the pre-LLM part alone.
         layer: run at the input of this decoder layer instead (a grid method needs the whole grid there, so it
             cannot follow another stage).
+        inner_layer: the layer of the in-LLM part, when the method has one (default: its paper's, e.g. 18).
         positions: 1-D RoPE models: "reassign" (contiguous positions for the kept tokens; default for grid methods,
             STTM's choice) or "original" (the kept tokens keep their original positions, gaps left; default for
             in-LLM methods, FastV's). M-RoPE models always keep each token's original (t, h, w).
@@ -675,7 +677,9 @@ def apply(
     inner_params = {k: v for k, v in params.items() if k not in own}
     stages = [_stage(adapter, spec, first, own, layer, positions)]
     if inner is not None:
-        stages.append(_stage(adapter, inner, second, inner_params, None, None))
+        stages.append(_stage(adapter, inner, second, inner_params, inner_layer, None, layer_name="inner_layer"))
+    elif inner_layer is not None:
+        raise ValueError(f"inner_layer: {method} runs no in-LLM part here")
     patch = model.__dict__.get("_framepress_patch")
     taken = {s.layer: s.label for s in patch.stages} if patch is not None else {}
     for stage in stages:
@@ -701,16 +705,16 @@ def apply(
     return Handle(patch, stages)
 
 
-def _stage(adapter: Adapter, spec: registry.Method, retention, params, layer, positions) -> Stage:
+def _stage(adapter: Adapter, spec: registry.Method, retention, params, layer, positions, layer_name="layer") -> Stage:
     """Check one stage's settings against the model and the method."""
     spec.bind({**params, "scores": None} if "scores" in spec.params and "scores" not in params else params)
     n_layers = len(adapter.layers)
     if layer is None and spec.stage == "in-llm":
         layer = spec.default_layer
         if layer >= n_layers:
-            raise ValueError(f"{spec.name} runs at layer {layer} by default, but the model has {n_layers} layers; give layer")
+            raise ValueError(f"{spec.name} runs at layer {layer} by default, but the model has {n_layers} layers; give {layer_name}")
     if layer is not None:
-        layer = checks.integer("layer", layer, 1, n_layers - 1)
+        layer = checks.integer(layer_name, layer, 1, n_layers - 1)
     if positions is None:
         positions = "original" if spec.stage == "in-llm" or adapter.rope == "mrope" else "reassign"
     positions = checks.choice("positions", positions, POSITIONS)
