@@ -31,7 +31,7 @@ SOME = settings(max_examples=50, **SETTINGS)
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 METHODS = framepress.methods("pre-llm")
 #: Methods that cannot run without a budget; any other method must run with its defaults (retention=None).
-NEEDS_BUDGET = {"random", "unified", "visionzip"}
+NEEDS_BUDGET = {"random", "unified", "visionzip", "holitom", "fastvid"}
 #: Relative precision of each dtype, for comparisons of computed means.
 EPS = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 

@@ -135,22 +135,25 @@ def group_mean(rows: Rows, group: torch.Tensor, n_groups: int, weight: torch.Ten
     return total.div_(count.clamp_min(torch.finfo(cd).tiny)[:, None]).to(sample.dtype)  # an empty group is 0
 
 
-def gram(x: torch.Tensor) -> torch.Tensor:
-    """[N, N] dot products of the rows of x [N, C] in the compute dtype: one matrix product from which both
-    cosines and Euclidean distances follow (so a method needing both pays for one)."""
+def pairwise_distances(x: torch.Tensor, scale: float = 1.0, block: int = 1024) -> torch.Tensor:
+    """[N, N] Euclidean distances ||xi - xj|| * scale between the rows of x [N, C], in the compute dtype.
+
+    The N x N dot products dominate (2*N^2*C flops); the matrix is symmetric, so only the blocks on and above
+    the diagonal are multiplied (about half the work) and mirrored, and the rest is done in place on the one
+    N x N result. Exact zeros on the diagonal."""
     x = x.to(compute_dtype(x.dtype))
-    return x @ x.T
-
-
-def cosines_from_gram(g: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    norm = g.diagonal().clamp_min(0).sqrt().clamp_min(eps)
-    return g / norm[:, None] / norm[None, :]
-
-
-def distances_from_gram(g: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Euclidean distances ||xi - xj|| * scale from a Gram matrix (exact zeros on the diagonal)."""
-    sq = g.diagonal()
-    d = (sq[:, None] + sq[None, :] - 2 * g).clamp_min(0).sqrt() * scale
+    n = x.shape[0]
+    d = torch.empty(n, n, dtype=x.dtype, device=x.device)
+    for i in range(0, n, block):
+        rows = x[i : i + block]
+        upper = rows @ x[i:].T
+        r = rows.shape[0]
+        d[i : i + r, i + r :] = upper[:, r:]
+        d[i + r :, i : i + r] = upper[:, r:].T
+        square = upper[:, :r]
+        d[i : i + r, i : i + r] = square.triu() + square.triu(1).T
+    sq = (x * x).sum(1)
+    d.mul_(-2).add_(sq[:, None]).add_(sq[None, :]).clamp_(min=0).sqrt_().mul_(scale)
     return d.fill_diagonal_(0)
 
 
@@ -204,3 +207,15 @@ def first_fit(conflict: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         taken |= newly
         open_ &= ~(newly | blocked)
     return taken
+
+
+def nearest_kept(x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """[N]: for each row of x [N, C], the position in ``kept`` of its most cosine-similar kept row (a kept row
+    maps to itself): the assignment of "merge every dropped token into its most similar kept token"."""
+    target = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    dropped = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    dropped[kept] = False
+    target[kept] = torch.arange(kept.numel(), device=x.device)
+    if bool(dropped.any()):
+        target[dropped] = (normalize(x[dropped]) @ normalize(x[kept]).T).argmax(1)
+    return target

@@ -45,16 +45,18 @@ def contribution(x: torch.Tensor, scores) -> torch.Tensor:
     return scores.to(x.device, torch.float32).reshape(-1)
 
 
-def select_diverse(cosines: torch.Tensor, order: torch.Tensor, tau: float, limit: int) -> torch.Tensor:
+def select_diverse(unit: torch.Tensor, order: torch.Tensor, tau: float, limit: int) -> torch.Tensor:
     """The greedy pass of Eq. 2: walk ``order`` and keep a token unless its cosine to a kept one is >= tau, until
-    ``limit`` are kept. Exact, in parallel rounds over growing blocks of candidates (:func:`ops.first_fit`).
+    ``limit`` are kept. ``unit`` [N, C] are the tokens' unit vectors. Exact, in parallel rounds over growing
+    blocks of candidates (:func:`ops.first_fit`); only the cosines of visited candidates are ever formed.
     Returns the kept token indices in visiting order."""
     kept = order[:0]
     start, block = 0, max(64, 2 * limit)
     while kept.numel() < limit and start < order.numel():
         cand = order[start : start + block]
-        free = (cosines[cand][:, kept] < tau).all(1) if kept.numel() else torch.ones_like(cand, dtype=torch.bool)
-        taken = ops.first_fit(cosines[cand][:, cand] >= tau, free)
+        c = unit[cand]
+        free = (c @ unit[kept].T < tau).all(1) if kept.numel() else torch.ones_like(cand, dtype=torch.bool)
+        taken = ops.first_fit(c @ c.T >= tau, free)
         kept = torch.cat([kept, cand[taken]])[:limit]
         start, block = start + block, 2 * block
     return kept
@@ -100,18 +102,16 @@ def unified(
     n = T * H * W
     flat = x.reshape(n, C)
     score = contribution(x, scores)
-    g = ops.gram(flat)
-    cos = ops.cosines_from_gram(g)
     order = torch.sort(-score, stable=True).indices
     n_select = budget - round(cluster_ratio * budget)
-    kept = select_diverse(cos, order, tau, n_select).sort().values
+    kept = select_diverse(ops.normalize(flat), order, tau, n_select).sort().values
     recycle = torch.ones(n, dtype=torch.bool, device=x.device)
     recycle[kept] = False
     pool = torch.nonzero(recycle).squeeze(1)
     n_clusters = min(budget - kept.numel(), pool.numel())
     source = torch.full((n,), -1, dtype=torch.long, device=x.device)
     if n_clusters:
-        distances = ops.distances_from_gram(g[pool][:, pool], scale=1 / math.sqrt(C))
+        distances = ops.pairwise_distances(flat[pool], scale=1 / math.sqrt(C))
         centers, cluster = ops.dpc_knn(distances, n_clusters, k)
         weight = None
         if merge == "center":
@@ -166,17 +166,16 @@ def unified_merge(inputs: LayerInputs, budget: int | None, *, lam: float = 0.5) 
     attention = inputs.text_attention().amax(0) if lam < 1 else torch.zeros(n, device=visual.device)
     similarity = (ops.normalize(visual) @ ops.normalize(text).T).amax(1) if lam > 0 else torch.zeros_like(attention)
     importance = (1 - lam) * _minmax(attention) + lam * _minmax(similarity)
-    kept = ops.top_indices(importance, keep)
-    dropped = torch.ones(n, dtype=torch.bool, device=visual.device)
-    dropped[kept] = False
-    target = torch.arange(n, device=visual.device)
-    target[kept] = torch.arange(keep, device=visual.device)
-    if bool(dropped.any()):
-        nearest = (ops.normalize(visual[dropped]) @ ops.normalize(visual[kept]).T).argmax(1)
-        target[dropped] = nearest
-    features = ops.group_mean(visual, target, keep)
+    return merge_into_kept(visual, ops.top_indices(importance, keep), {"layer": inputs.layer})
+
+
+def merge_into_kept(visual: torch.Tensor, kept: torch.Tensor, info: dict) -> Tokens:
+    """Tokens over N visual tokens (a (1, 1, N) grid): the ``kept`` ones, each the mean of itself and every
+    dropped token whose most similar kept token it is (a batched mean, not a sequence of pairwise averages)."""
+    n = visual.shape[0]
+    target = ops.nearest_kept(visual, kept)
     boxes = torch.stack([torch.zeros_like(kept), torch.zeros_like(kept), kept, torch.ones_like(kept), kept + 1], 1)
-    return Tokens.from_source(features, boxes, target, (1, 1, n), {"layer": inputs.layer})
+    return Tokens.from_source(ops.group_mean(visual, target, kept.numel()), boxes, target, (1, 1, n), info)
 
 
 def _minmax(v: torch.Tensor) -> torch.Tensor:
