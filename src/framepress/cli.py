@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import __version__, features, registry
+from . import __version__, features, flops, registry
 from .api import compress
 
 
@@ -46,6 +46,16 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
+
+
+def _scores(spec: str, grid: tuple[int, int, int], device) -> torch.Tensor | str:
+    """--scores: "norm", or a .npy / .safetensors file of [T, H, W] vision contribution scores."""
+    if spec == "norm":
+        return spec
+    x = features.load_array(spec)
+    if tuple(x.shape) != tuple(grid):
+        raise ValueError(f"--scores {spec}: shape {list(x.shape)}, the features need [T, H, W] = {list(grid)}")
+    return x.to(device=device, dtype=torch.float32)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -93,10 +103,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if unused:
         raise ValueError(f"no chosen method takes the parameter(s) {', '.join(unused)}")
     T, H, W, C = x.shape
+    scores = _scores(args.scores, (T, H, W), x.device)
+    llm = flops.PRESETS[args.llm] if args.llm else None
     results = []
     for name in names:
         accepted = registry.get(name).params
         own = {k: v for k, v in params.items() if k in accepted or len(names) == 1}
+        if "scores" in accepted and "scores" not in own:
+            own["scores"] = scores
         times, out, error = [], None, None
         for _ in range(args.repeat):
             start = time.perf_counter()
@@ -120,6 +134,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
                 ms=round(1000 * statistics.median(times), 2),
                 info={k: v for k, v in out.info.items()},
             )
+            if llm is not None:
+                result["llm_tflops"] = round(flops.run_flops(llm, len(out), text=100) / 1e12, 3)
             if args.output:
                 features.save_tokens(args.output, out)
         results.append(result)
@@ -129,14 +145,21 @@ def cmd_compress(args: argparse.Namespace) -> int:
     print(f"input: {origin}, [T, H, W, C] = [{T}, {H}, {W}, {C}], {x.dtype}, {x.device}")
     if args.retention is not None:
         print(f"retention {args.retention}: a budget of {max(1, round(args.retention * T * H * W))} tokens")
+    if any("scores" in registry.get(n).params for n in names):
+        print(f"vision scores for the methods that take them: {args.scores if args.scores != 'norm' else 'the feature norm (no vision encoder here)'}")
+    header = ["method", "tokens in", "tokens out", "retention", f"ms (median of {args.repeat})"]
+    if llm is not None:
+        header.append(f"LLM TFLOPs ({args.llm}, +100 text)")
+        print(f"FLOPs: prefill of the {args.llm} LLM with the tokens out and 100 text tokens (the FastV formula)")
     rows = []
     for r in results:
         if "error" in r:
-            rows.append([r["method"], r["tokens_in"], "-", "-", "-", r["error"]])
+            rows.append([r["method"], r["tokens_in"], "-", "-", "-"] + (["-"] if llm else []) + [r["error"]])
         else:
             info = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["info"].items())
-            rows.append([r["method"], r["tokens_in"], r["tokens_out"], f"{r['retention']:.4f}", f"{r['ms']:.1f}", info])
-    print(_table(rows, ["method", "tokens in", "tokens out", "retention", f"ms (median of {args.repeat})", "chosen"]))
+            row = [r["method"], r["tokens_in"], r["tokens_out"], f"{r['retention']:.4f}", f"{r['ms']:.1f}"]
+            rows.append(row + ([f"{r['llm_tflops']:.3f}"] if llm else []) + [info])
+    print(_table(rows, header + ["chosen"]))
     if args.output:
         print(f"wrote {args.output}")
     return 0
@@ -172,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "float64"], help="cast the features first")
     p.add_argument("--repeat", type=_positive, default=3, help="runs per method; the median time is shown (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of --synthetic")
+    p.add_argument("--scores", default="norm", metavar="FILE",
+                   help="[T, H, W] vision contribution scores (.npy/.safetensors) for the methods that take them "
+                        "(unified, visionzip, holitom, fastvid); default: the feature norm, said in the output")
+    p.add_argument("--llm", choices=sorted(flops.PRESETS), help="also show the LLM prefill FLOPs of each result")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=cmd_compress)
     return parser

@@ -24,6 +24,25 @@ def load(path: str | os.PathLike, key: str | None = None, grid: tuple[int, int] 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"features file not found: {path}")
+    x = load_array(path, key)
+    if x.ndim == 3:
+        T, N, C = x.shape
+        if grid is None:
+            side = math.isqrt(N)
+            if side * side != N:
+                raise ValueError(f"features are [T, N, C] with N={N}, not a square; give grid=(H, W)")
+            grid = (side, side)
+        if grid[0] * grid[1] != N:
+            raise ValueError(f"grid {grid[0]}x{grid[1]} does not hold N={N} tokens")
+        x = x.reshape(T, grid[0], grid[1], C)
+    return checks.features(x, name=f"features in {path.name}")
+
+
+def load_array(path: str | os.PathLike, key: str | None = None) -> torch.Tensor:
+    """One array from ``.npy`` or ``.safetensors`` (``key`` picks one of several tensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         try:
@@ -45,18 +64,8 @@ def load(path: str | os.PathLike, key: str | None = None, grid: tuple[int, int] 
             raise ValueError(f"key {key!r} not in {path}; it holds {sorted(tensors)}")
         x = tensors[key]
     else:
-        raise ValueError(f"features file must be .npy or .safetensors, got {path.name}")
-    if x.ndim == 3:
-        T, N, C = x.shape
-        if grid is None:
-            side = math.isqrt(N)
-            if side * side != N:
-                raise ValueError(f"features are [T, N, C] with N={N}, not a square; give grid=(H, W)")
-            grid = (side, side)
-        if grid[0] * grid[1] != N:
-            raise ValueError(f"grid {grid[0]}x{grid[1]} does not hold N={N} tokens")
-        x = x.reshape(T, grid[0], grid[1], C)
-    return checks.features(x, name=f"features in {path.name}")
+        raise ValueError(f"file must be .npy or .safetensors, got {path.name}")
+    return x
 
 
 def save_tokens(path: str | os.PathLike, tokens: Tokens) -> None:

@@ -120,16 +120,26 @@ def allocate(
     return salient, anchors
 
 
-def nearest_anchor(flat: torch.Tensor, members: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    """For each of ``members`` (ascending flat indices, ``anchors`` among them) the flat index of its most
-    cosine-similar anchor (ties: the lower index); an anchor is its own. A chunk of members at a time."""
-    unit = ops.normalize(flat[anchors])
-    target = torch.empty_like(members)
-    item = (flat.shape[1] + anchors.numel()) * torch.finfo(unit.dtype).bits // 8
-    for part in ops.chunks(members.numel(), item, flat.device):
-        target[part] = anchors[(ops.normalize(flat[members[part]]) @ unit.T).argmax(1)]
-    target[torch.searchsorted(members, anchors)] = anchors
+def nearest_anchor(rows: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """[M]: for each of the M ``rows`` [M, C] (a contiguous block of tokens) the position in ``anchors`` [A, C]
+    of its most cosine-similar anchor (ties: the first). A row's own norm does not change which anchor is
+    nearest, so only the anchors are normalized and the rows are read in place, a chunk at a time."""
+    unit = ops.normalize(anchors)
+    target = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
+    item = (rows.shape[1] + anchors.shape[0]) * torch.finfo(unit.dtype).bits // 8
+    for part in ops.chunks(rows.shape[0], item, rows.device):
+        target[part] = (rows[part].to(unit.dtype) @ unit.T).argmax(1)
     return target
+
+
+def group_sums(rows: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """[n_groups, C] sums of the rows [M, C] of each group in the compute dtype; rows of group ``n_groups`` are
+    left out. Rows are read in place, a contiguous chunk at a time."""
+    cd = ops.compute_dtype(rows.dtype)
+    total = torch.zeros(n_groups + 1, rows.shape[1], dtype=cd, device=rows.device)
+    for part in ops.chunks(rows.shape[0], rows.shape[1] * torch.finfo(cd).bits // 8, rows.device):
+        total.index_add_(0, group[part], rows[part].to(cd))
+    return total[:n_groups]
 
 
 @register(
@@ -197,7 +207,8 @@ def fastvid(
         anchors.append(t * n + local[centers])
     anchors = torch.cat(anchors) if anchors else torch.empty(0, dtype=torch.long, device=dev)
 
-    # every non-salient token of a segment joins its most similar anchor of the segment
+    # every non-salient token of a segment joins its most similar anchor of the segment (an anchor: itself)
+    anchors = anchors.sort().values
     owner = torch.full((T * n,), -1, dtype=torch.long, device=dev)
     salient_flat = salient.reshape(-1)
     owner[salient_flat] = torch.nonzero(salient_flat).squeeze(1)
@@ -206,24 +217,26 @@ def fastvid(
         lo, hi = start * n, (start + length) * n
         seg_anchors = anchors[(anchors >= lo) & (anchors < hi)]
         if seg_anchors.numel():
-            members = lo + torch.nonzero(~salient_flat[lo:hi]).squeeze(1)
-            owner[members] = nearest_anchor(flat, members, seg_anchors)
+            nearest = seg_anchors[nearest_anchor(flat[lo:hi], flat[seg_anchors])]
+            owner[lo:hi] = torch.where(salient_flat[lo:hi], owner[lo:hi], nearest)
         start += length
+    owner[anchors] = anchors
 
     kept = torch.nonzero(owner == torch.arange(T * n, device=dev)).squeeze(1)
     slot = torch.full((T * n,), -1, dtype=torch.long, device=dev)
     slot[kept] = torch.arange(kept.numel(), device=dev)
     source = torch.where(owner >= 0, slot[owner.clamp_min(0)], -1)
     out = flat[kept].clone()
-    if anchors.numel():
-        anchors = anchors.sort().values
-        merged = torch.nonzero((owner >= 0) & ~salient_flat).squeeze(1)  # the anchors' members, anchors included
-        group = torch.searchsorted(anchors, owner[merged])
-        cd = ops.compute_dtype(x.dtype)
-        mean = ops.group_mean(lambda i: flat[merged[i]].to(cd), group, anchors.numel())
-        count = torch.bincount(group, minlength=anchors.numel()).to(cd)
-        weight = (1 / (count + 1)).clamp_min(beta)[:, None]
-        out[slot[anchors]] = (weight * flat[anchors].to(cd) + (1 - weight) * mean).to(x.dtype)
+    if anchors.numel():  # anchor <- beta' a + (1 - beta') mean(members), members include the anchor itself
+        A = anchors.numel()
+        merged = (owner >= 0) & ~salient_flat
+        group = torch.where(merged, torch.searchsorted(anchors, owner), A)
+        count = torch.bincount(group, minlength=A + 1)[:A]
+        sums = group_sums(flat, group, A)
+        count = count.to(sums.dtype)[:, None]
+        weight = (1 / (count + 1)).clamp_min(beta)
+        a = flat[anchors].to(sums.dtype)
+        out[slot[anchors]] = (weight * a + (1 - weight) * sums / count).to(x.dtype)
     t, rem = kept // n, kept % n
     y, xx = rem // W, rem % W
     boxes = torch.stack([t, y, xx, y + 1, xx + 1], 1)
