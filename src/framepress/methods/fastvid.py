@@ -22,11 +22,11 @@ Deviations from the official code, each for the library's contracts or its input
   context slots floored per anchor frame) and lands under r * T*H*W. Here segment [a, b) gets
   floor(B*b/T) - floor(B*a/T) tokens (by frame count, summing to B), floor(context_share * that) of them
   context; salient and context slots are spread evenly (the extra ones to later frames). Anchor frames hold at
-  most their non-salient tokens: the context slots they cannot hold (above about 45% retention with the
+  most their non-salient tokens: the context slots they cannot hold (from about 45% retention with the
   defaults, where the official code fails) go to the segment's other frames, latest first.
 - One output per input token: the official code assigns each token of a segment once per anchor frame (to the
   nearest anchor of each), so one token feeds several anchors; here it joins its single most similar anchor of
-  the segment, as the paper and the spec describe. An anchor's members include the anchor itself (its own most
+  the segment, as the spec describes. An anchor's members include the anchor itself (its own most
   similar anchor, as in the official code), so n >= 1 and an anchor nothing else joined stays itself. With
   ``anchor_stride=1`` the official code merges within each frame only; here the rule above still holds.
 - Ties go to the lower index (salient top-k, DPC-KNN density, lowest transitions, most similar anchor) instead
@@ -172,9 +172,10 @@ def fastvid(
         beta: DTM beta (0.6), the least weight of an anchor in its merged feature.
         k: neighbours of the DPC-KNN density (4, the point itself included).
 
-    The budget is exact (see the module notes for how it is split); a frame or a segment with no slot keeps
-    nothing, and a segment with no context slot drops its non-salient tokens. ``info``: the segment lengths and
-    the numbers of salient and context tokens.
+    A frame's global feature (DySeg) is the mean of its tokens: the official SigLIP MAP head is not in the HF
+    checkpoints. The budget is exact (see the module notes for how it is split); a frame or a segment with no
+    slot keeps nothing, and a segment with no context slot drops its non-salient tokens. ``info``: the segment
+    lengths and the numbers of salient and context tokens.
     """
     min_segments = checks.integer("min_segments", min_segments, 1)
     tau = checks.number("tau", tau, -1.0, 1.0)
@@ -235,8 +236,10 @@ def fastvid(
         sums = group_sums(flat, group, A)
         count = count.to(sums.dtype)[:, None]
         weight = (1 / (count + 1)).clamp_min(beta)
-        a = flat[anchors].to(sums.dtype)
-        out[slot[anchors]] = (weight * a + (1 - weight) * sums / count).to(x.dtype)
+        grew = count[:, 0] > 1  # an anchor nothing else joined stays exactly itself
+        a = flat[anchors[grew]].to(sums.dtype)
+        blend = weight[grew] * a + (1 - weight[grew]) * sums[grew] / count[grew]
+        out[slot[anchors[grew]]] = blend.to(x.dtype)
     t, rem = kept // n, kept % n
     y, xx = rem // W, rem % W
     boxes = torch.stack([t, y, xx, y + 1, xx + 1], 1)
