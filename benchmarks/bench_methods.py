@@ -18,7 +18,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,9 +26,10 @@ import torch
 import framepress
 from framepress.features import synthetic
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_section import write_section  # noqa: E402
+
 SHAPES = [(32, 14, 14, 3584), (64, 13, 13, 3584)]
-START, END = "<!-- bench_methods:start -->", "<!-- bench_methods:end -->"
 
 # (label, method, retention, params): the default setting and a budget of each method
 RUNS = [
@@ -133,22 +133,6 @@ def run(args) -> str:
     return header + "\n" + "\n".join(lines) + "\n"
 
 
-def write_section(text: str, key: str) -> None:
-    """Replace (or add) this device's section of docs/benchmarks.md, atomically."""
-    path = ROOT / "docs" / "benchmarks.md"
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = START.replace("methods", f"methods_{key}"), END.replace("methods", f"methods_{key}")
-    block = f"{start}\n{text}{end}"
-    if start in doc and end in doc:
-        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end) :]
-    else:
-        doc = doc.rstrip() + f"\n\n## Pre-LLM method overhead ({key.upper()})\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(doc)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -161,7 +145,8 @@ def main() -> None:
     text = run(args)
     print(text)
     if not args.no_write:
-        write_section(text, torch.device(args.device).type)
+        kind = torch.device(args.device).type
+        write_section(text, f"bench_methods_{kind}", f"Pre-LLM method overhead ({kind.upper()})")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ttft import VIDEO_TOKEN, build, cpu_name, write_section  # noqa: E402
+from bench_ttft import VIDEO_TOKEN, build, cpu_name  # noqa: E402
+from docs_section import write_section  # noqa: E402
 
 import framepress  # noqa: E402
 from framepress.features import synthetic  # noqa: E402
@@ -82,7 +83,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        write_section(text, "session-0.5b-cpu")
+        write_section(text, "bench_ttft:session-0.5b-cpu", "Time to first token in a model (session-0.5b-cpu)")
 
 
 if __name__ == "__main__":

@@ -23,15 +23,14 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- bench_ttft:{key}:start -->", "<!-- bench_ttft:{key}:end -->"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_section import write_section  # noqa: E402
 RETENTIONS = [0.5, 0.3, 0.1, 0.02]
 METHODS = ["pool", "sttm", "fastv"]
 
@@ -200,21 +199,6 @@ def parent(args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str, key: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = START.format(key=key), END.format(key=key)
-    block = f"{start}\n{text}{end}"
-    if start in doc and end in doc:
-        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end) :]
-    else:
-        doc = doc.rstrip() + f"\n\n## Time to first token in a model ({key})\n\n" + block + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(doc)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(TEXT), default="0.5b")
@@ -235,7 +219,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         key = f"{args.model}-{'gpu' if args.device.startswith('cuda') else 'cpu'}"
-        write_section(text, key)
+        write_section(text, f"bench_ttft:{key}", f"Time to first token in a model ({key})")
 
 
 if __name__ == "__main__":

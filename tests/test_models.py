@@ -218,7 +218,7 @@ def test_in_llm_layers_and_cache_lengths(model):
 def test_pre_and_in_llm_together(model):
     inputs = inputs_for(model)
     L = inputs["input_ids"].shape[1]
-    with framepress.apply(model, "pool", retention=0.5) as pre, framepress.apply(model, "fastv", retention=0.125) as inner:
+    with framepress.apply(model, "pool", retention=0.5), framepress.apply(model, "fastv", retention=0.125) as inner:
         seen, hooks = record_layer_inputs(model)
         tokens = generate(model, inputs, n=3)
         for h in hooks:

@@ -75,6 +75,14 @@ def pair_cosine(rows: Rows, pairs: torch.Tensor, unit=normalize) -> torch.Tensor
     return out
 
 
+def _pull_min(label: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One step of min-label propagation: both endpoints of every edge take the smaller of their labels (the
+    labels read before the step)."""
+    m = torch.minimum(label[u], label[v])
+    label.scatter_reduce_(0, u, m, reduce="amin")
+    return label.scatter_reduce_(0, v, m, reduce="amin")
+
+
 def min_label_official(edges: torch.Tensor, n: int) -> torch.Tensor:
     """Group labels of ``n`` nodes joined by [L, 2] ``edges``, by the official STTM loop (spec sttm §2.5.3).
 
@@ -86,9 +94,7 @@ def min_label_official(edges: torch.Tensor, n: int) -> torch.Tensor:
     label = torch.arange(n, device=edges.device)
     u, v = edges[:, 0].long(), edges[:, 1].long()
     while True:
-        m = torch.minimum(label[u], label[v])
-        label.scatter_reduce_(0, u, m, reduce="amin")
-        label.scatter_reduce_(0, v, m, reduce="amin")
+        label = _pull_min(label, u, v)
         label = label[label]
         if torch.equal(label, label[label]):
             return label
@@ -100,9 +106,7 @@ def connected_components(edges: torch.Tensor, n: int) -> torch.Tensor:
     label = torch.arange(n, device=edges.device)
     u, v = edges[:, 0].long(), edges[:, 1].long()
     while True:
-        m = torch.minimum(label[u], label[v])
-        label.scatter_reduce_(0, u, m, reduce="amin")
-        label.scatter_reduce_(0, v, m, reduce="amin")
+        label = _pull_min(label, u, v)
         while True:
             jumped = label[label]
             if torch.equal(jumped, label):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 
 from .. import ops
 from ..layer import LayerInputs
