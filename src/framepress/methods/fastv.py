@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-
 from .. import ops
 from ..layer import LayerInputs
 from ..registry import register
