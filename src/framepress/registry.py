@@ -41,6 +41,7 @@ class Method:
     params: Mapping[str, Any]
     default_layer: int | None = None
     inner: tuple[str, float] | None = None  # (in-LLM method, default share it keeps) run after this one in a model
+    grid: str = "model"  # "unpooled": in a model it takes the grid before the family's own pooling
 
     @property
     def summary(self) -> str:
@@ -77,10 +78,12 @@ def register(
     query_aware: bool = False,
     layer: int | None = None,
     inner: tuple[str, float] | None = None,
+    grid: str = "model",
 ) -> Callable[[Callable[..., Tokens]], Callable[..., Tokens]]:
     """Register ``fn(x, budget, *, **params)`` under ``name``; an in-LLM method gives its paper's ``layer``; a
     pre-LLM method whose paper adds an in-LLM part names it in ``inner`` with the share of the pre-LLM tokens it
-    keeps by default (so ``framepress.apply`` runs both, "A%/B%")."""
+    keeps by default (so ``framepress.apply`` runs both, "A%/B%"); ``grid="unpooled"`` asks a model for its grid
+    before the family's own 2x2 pooling (which the method then replaces)."""
     if budget not in BUDGET_KINDS:
         raise ValueError(f"budget must be one of {sorted(BUDGET_KINDS)}, got {budget!r}")
     if stage not in STAGES or (stage == "in-llm") != (layer is not None):
@@ -93,7 +96,7 @@ def register(
         params = {
             p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
         }
-        _METHODS[name] = Method(name, fn, paper, budget, stage, query_aware, params, layer, inner)
+        _METHODS[name] = Method(name, fn, paper, budget, stage, query_aware, params, layer, inner, grid)
         return fn
 
     return decorate
