@@ -425,3 +425,36 @@ def test_vision_scores_need_pixels_not_precomputed_features(score_recorder, llav
             with torch.no_grad():
                 llava(**precomputed, mm_encoder_outputs={"video": features})
     assert "_framepress_patch" not in llava.__dict__
+
+
+def test_gridpool_replaces_llava_pooling_with_the_unpooled_grid(llava):
+    """ST-GridPool takes the projector's grid before LLaVA's 2x2 pooling and its tokens replace the video block."""
+    inputs = inputs_for(llava, frames=8)
+    with torch.no_grad():
+        tower = llava.model.vision_tower(inputs["pixel_values_videos"][0], output_hidden_states=True)
+        raw = llava.model.multi_modal_projector(tower.hidden_states[-1]).reshape(8, 8, 8, -1)
+    expected = framepress.compress(raw, "gridpool").features  # 8 frames x (8x8 -> 4x4)
+    seen = {}
+    with framepress.apply(llava, "gridpool") as handle:
+        def spy(module, args, kwargs):
+            seen.setdefault("embeds", kwargs["inputs_embeds"].clone())
+
+        hook = llava.model.language_model.register_forward_pre_hook(spy, with_kwargs=True)
+        generate(llava, inputs, n=2)
+        hook.remove()
+        assert handle.stats[-1]["stages"][0]["visual_out"] == [8 * 16]
+    start = 3  # bos + 2 prompt tokens, then the video
+    torch.testing.assert_close(seen["embeds"][0, start : start + 128], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="positions='reassign'"):
+        framepress.apply(llava, "gridpool", positions="original")
+    with framepress.apply(llava, "gridpool", retention=0.25) as handle:
+        generate(llava, inputs, n=1)
+        assert handle.stats[-1]["stages"][0]["visual_out"] == [round(0.25 * 128)]
+
+
+def test_gridpool_on_qwen_takes_the_merged_grid():
+    model = tiny_model("qwen2_5_vl")
+    inputs = inputs_for(model, frames=8)
+    with framepress.apply(model, "gridpool") as handle:
+        generate(model, inputs, n=2)
+        assert handle.stats[-1]["tokens_in"] == [64] and handle.stats[-1]["stages"][0]["visual_out"] == [16]

@@ -29,6 +29,7 @@ from . import checks, flops, registry
 from .api import compress
 from .layer import LayerInputs
 from .models import Adapter, adapter_for
+from .models.base import _Restore
 from .signals import attention_rows
 from .tokens import Tokens
 
@@ -58,6 +59,11 @@ class Stage:
     def needs_scores(self) -> bool:
         """The method takes the vision encoder's contribution scores, which the model supplies."""
         return "scores" in self.method.params
+
+    @property
+    def unpooled(self) -> bool:
+        """The method takes the grid before the family's own pooling (and replaces that pooling)."""
+        return self.method.grid == "unpooled"
 
 
 @dataclass
@@ -104,54 +110,74 @@ class Rewrite:
         return not bool(self.valid.all())
 
 
-def _rewrite(keep: list[torch.Tensor], groups, features, old_length: int, device) -> Rewrite:
-    """Left-pad the per-sample kept positions into one [B, L'] layout."""
-    width = max(int(k.numel()) for k in keep)
-    index = torch.zeros(len(keep), width, dtype=torch.long, device=device)
-    valid = torch.zeros(len(keep), width, dtype=torch.bool, device=device)
-    shifted_groups, shifted_features = [], []
-    for b, k in enumerate(keep):
-        pad = width - k.numel()
-        index[b, pad:] = k
+def _rewrite(parts: list[tuple], old_length: int, device) -> Rewrite:
+    """Left-pad the per-sample layouts (see :func:`_sample_parts`) into one [B, L'] layout."""
+    width = max(int(order.numel()) for order, _, _ in parts)
+    index = torch.zeros(len(parts), width, dtype=torch.long, device=device)
+    valid = torch.zeros(len(parts), width, dtype=torch.bool, device=device)
+    groups, features = [], []
+    for b, (order, (slots, members, group), (f_slots, feats)) in enumerate(parts):
+        pad = width - order.numel()
+        index[b, pad:] = order
         valid[b, pad:] = True
-        new_slot = torch.full((old_length,), -1, dtype=torch.long, device=device)
-        new_slot[k] = torch.arange(pad, width, device=device)
-        slots, members, group = groups[b]
-        shifted_groups.append((new_slot[slots], members, group))
-        f_slots, feats = features[b]
-        shifted_features.append((new_slot[f_slots], feats))
-    return Rewrite(index, valid, old_length, shifted_groups, shifted_features)
+        groups.append((slots + pad, members, group))
+        features.append((f_slots + pad, feats))
+    return Rewrite(index, valid, old_length, groups, features)
 
 
-def _plan(tokens: Tokens, slots: torch.Tensor):
-    """For a method's tokens over a block whose inputs sit at sequence ``slots``: the slots it drops, each output's
-    slot (its representative's) and features, and the groups of slots merged into one."""
+@dataclass
+class _Plan:
+    """What a method did to one block of a sample: the block's ``slots`` go; each output token takes its place
+    at ``anchor`` (an old position: its representative's slot, or the block's start when the method worked on
+    another grid), with ``features``; ``members``/``group`` say which old slots each output stands for."""
+
+    slots: torch.Tensor
+    anchor: torch.Tensor
+    features: torch.Tensor
+    members: torch.Tensor
+    group: torch.Tensor
+
+
+def _plan(tokens: Tokens, slots: torch.Tensor) -> _Plan:
+    """A method's tokens over a block whose inputs sit at sequence ``slots``, placed at their representatives."""
     T, H, W = tokens.grid
     t, y0, x0 = tokens.boxes[:, 0], tokens.boxes[:, 1], tokens.boxes[:, 2]
     rep = slots[t * (H * W) + y0 * W + x0]
     if torch.unique(rep).numel() != rep.numel():
         raise RuntimeError("two output tokens share a representative; cannot place them in the sequence")
     kept_input = tokens.source >= 0
-    dropped = slots[~torch.isin(slots, rep)]
-    return dropped, rep, tokens.features, slots[kept_input], tokens.source[kept_input]
+    return _Plan(slots, rep, tokens.features, slots[kept_input], tokens.source[kept_input])
 
 
-def _sample_parts(valid: torch.Tensor, plans: list[tuple]) -> tuple[torch.Tensor, tuple, tuple]:
-    """One sample's kept positions, merge groups and new features, from the plans of its blocks (see _plan)."""
+def _plan_replacing(tokens: Tokens, slots: torch.Tensor) -> _Plan:
+    """A method's tokens over another grid than the block's (the unpooled grid): they replace the whole block,
+    in output order, from its first slot."""
+    anchor = slots[:1].expand(len(tokens))
+    return _Plan(slots, anchor, tokens.features, slots[:0], slots[:0])
+
+
+def _sample_parts(valid: torch.Tensor, plans: list[_Plan]) -> tuple[torch.Tensor, tuple, tuple]:
+    """One sample's new layout from the plans of its blocks: the old position behind each new slot (an output
+    token's anchor, which may repeat), and per output its new slot, members and features."""
     gone = ~valid.clone()
-    reps, members, groups, feats = [], [], [], []
-    offset = 0
-    for dropped, rep, features, member, group in plans:
-        gone[dropped] = True
-        reps.append(rep)
-        members.append(member)
-        groups.append(group + offset)
-        feats.append(features)
-        offset += rep.numel()
+    for plan in plans:
+        gone[plan.slots] = True
+    stay = torch.nonzero(~gone).squeeze(1)
     empty = valid.new_zeros(0, dtype=torch.long)
-    cat = lambda parts: torch.cat(parts) if parts else empty  # noqa: E731
-    features = torch.cat(feats) if feats else None
-    return torch.nonzero(~gone).squeeze(1), (cat(reps), cat(members), cat(groups)), (cat(reps), features)
+    anchors = torch.cat([pl.anchor for pl in plans]) if plans else empty
+    position = torch.cat([stay, anchors])
+    order = torch.sort(position, stable=True).indices  # outputs at one anchor keep their order
+    local = torch.empty_like(order)
+    local[order] = torch.arange(order.numel(), device=valid.device)
+    out_slots = local[stay.numel() :]
+    members = torch.cat([pl.members for pl in plans]) if plans else empty
+    offsets, start = [], 0
+    for pl in plans:
+        offsets.append(pl.group + start)
+        start += pl.anchor.numel()
+    group = torch.cat(offsets) if plans else empty
+    features = torch.cat([pl.features for pl in plans]) if plans else None
+    return position[order], (out_slots, members, group), (out_slots, features)
 
 
 @dataclass
@@ -188,7 +214,9 @@ class _Patch:
         self.stats: collections.deque[dict[str, Any]] = collections.deque(maxlen=STATS_KEPT)
         self.warned = False
         self.score_hooks: list[Any] = []
+        self.unpooled_hooks: list[Any] = []
         self.scores: list[torch.Tensor] = []  # [frames, H, W] maps of the videos being encoded, in order
+        self.unpooled: list[torch.Tensor] = []  # [frames, H, W, C] grids before the family's pooling, in order
         self.encoding = False
 
     # installing -----------------------------------------------------------------------------------------------
@@ -210,6 +238,7 @@ class _Patch:
             if grid is not None:
                 self.captured["video_grid_thw"] = grid
             self.scores.clear()
+            self.unpooled.clear()
             self.encoding = True
             try:
                 return original(*args, **kwargs)
@@ -235,37 +264,43 @@ class _Patch:
         self.hooks.clear()
 
     def update_score_hooks(self, force_off: bool = False) -> None:
-        """Vision scores cost a second attention pass of one ViT layer: hooked only while a stage needs them."""
-        wanted = not force_off and any(s.needs_scores for s in self.stages)
-        if wanted and not self.score_hooks:
-            self.score_hooks = self.adapter.score_hooks(self._on_scores)
-        elif not wanted:
-            for hook in self.score_hooks:
-                hook.remove()
-            self.score_hooks = []
+        """Vision hooks cost work while the tower runs: installed only while a stage needs them (scores: a
+        second attention pass of one ViT layer; the unpooled grid: a copy of the projector output)."""
+        wanted_scores = not force_off and any(s.needs_scores for s in self.stages)
+        wanted_unpooled = not force_off and self.adapter.pooled and any(s.unpooled for s in self.stages)
+        if wanted_scores and not self.score_hooks:
+            self.score_hooks = self.adapter.score_hooks(functools.partial(self._on_vision, self.scores))
+        if wanted_unpooled and not self.unpooled_hooks:
+            self.unpooled_hooks = self.adapter.unpooled_hooks(functools.partial(self._on_vision, self.unpooled))
+        for wanted, name in ((wanted_scores, "score_hooks"), (wanted_unpooled, "unpooled_hooks")):
+            if not wanted:
+                for hook in getattr(self, name):
+                    hook.remove()
+                setattr(self, name, [])
 
-    def _on_scores(self, scores: torch.Tensor) -> None:
+    def _on_vision(self, queue: list[torch.Tensor], frames: torch.Tensor) -> None:
         if self.encoding:
-            self.scores.append(scores)
+            queue.append(frames)
 
-    def _take_scores(self, grid: tuple[int, int, int]) -> torch.Tensor:
-        """The next video's [T, H, W] scores from the queue the vision hooks filled."""
+    def _take(self, queue: list[torch.Tensor], grid: tuple[int, ...]) -> torch.Tensor:
+        """The next video's frames ([T, ...], T = grid[0]) from a queue the vision hooks filled while encoding;
+        with a full grid (T, H, W), also checks the map's shape."""
         taken, need = [], grid[0]
         while need:
-            if not self.scores:
+            if not queue:
                 raise ValueError(
-                    "this method needs the vision encoder's scores, but the video was not encoded here "
-                    "(precomputed features were passed); give pixel values"
+                    "this method needs the vision encoder's outputs (scores or the unpooled grid), but the video "
+                    "was not encoded here (precomputed features were passed); give pixel values"
                 )
-            head = self.scores[0]
+            head = queue[0]
             taken.append(head[:need])
             if head.shape[0] > need:
-                self.scores[0] = head[need:]
+                queue[0] = head[need:]
             else:
-                self.scores.pop(0)
+                queue.pop(0)
             need -= taken[-1].shape[0]
         out = torch.cat(taken)
-        if tuple(out.shape) != tuple(grid):
+        if len(grid) == 3 and tuple(out.shape) != tuple(grid):
             raise RuntimeError(f"vision scores of shape {tuple(out.shape)} for a video grid {grid}")
         return out
 
@@ -319,19 +354,13 @@ class _Patch:
         entry = next((s for s in self.stages if s.layer is None), None)
         if entry is None:
             return kwargs
-        keep, groups, features = [], [], []
+        parts = []
         for b in range(B):
-            plans = []
-            for slots, grid in p.blocks[b]:
-                x = embeds[b, slots].reshape(*grid, C)
-                params = dict(entry.params, scores=self._take_scores(grid)) if entry.needs_scores else entry.params
-                plans.append(_plan(compress(x, entry.method.name, retention=entry.retention, **params), slots))
-            kept, group, feature = _sample_parts(valid[b], plans)
-            keep.append(kept)
-            groups.append(group)
-            features.append(feature)
+            plans = [self._entry_block(entry, embeds[b, slots].reshape(*grid, C), slots, grid) for slots, grid in p.blocks[b]]
+            parts.append(_sample_parts(valid[b], plans))
             p.blocks[b] = []
-        rewrite = _rewrite(keep, groups, features, L, embeds.device)
+        rewrite = _rewrite(parts, L, embeds.device)
+        groups = [part[1] for part in parts]
         p.entry = rewrite
         kwargs = dict(kwargs)
         kwargs["inputs_embeds"] = rewrite.apply(embeds, use_features=True)
@@ -347,9 +376,19 @@ class _Patch:
         p.entry_positions = entry.positions
         p.record["stages"].append(
             {"stage": entry.label, "visual_out": p.visual.sum(1).tolist(), "length": rewrite.index.shape[1],
-             "kept": [g[0].tolist() for g in groups]}
+             "kept": [rewrite.index[b, g[0]].tolist() for b, g in enumerate(groups)]}
         )
         return kwargs
+
+    def _entry_block(self, stage: Stage, x: torch.Tensor, slots: torch.Tensor, grid: tuple[int, int, int]) -> _Plan:
+        """Run the pre-LLM stage on one video's grid (or its unpooled grid, if the method asks for it)."""
+        params = dict(stage.params, scores=self._take(self.scores, grid)) if stage.needs_scores else stage.params
+        if stage.unpooled and self.adapter.pooled:
+            raw = self._take(self.unpooled, grid[:1])
+            share = None if stage.retention is None else _budget.tokens_for(stage.retention, slots.numel()) / raw.shape[:3].numel()
+            tokens = compress(raw.to(x.dtype), stage.method.name, retention=share, **params)
+            return _plan_replacing(tokens, slots)
+        return _plan(compress(x, stage.method.name, retention=stage.retention, **params), slots)
 
     def _entry_positions(self, rw: Rewrite, position_ids, valid: torch.Tensor, mode: str):
         contiguous = (rw.valid.long().cumsum(1) - 1).clamp_min(0)
@@ -443,7 +482,7 @@ class _Patch:
     def _cut(self, i: int, stage: Stage, hidden: torch.Tensor, args, kwargs):
         p = self.current
         B, L, C = hidden.shape
-        keep, groups, features = [], [], []
+        parts = []
         for b in range(B):
             vis = torch.nonzero(p.visual[b]).squeeze(1)
             plans = []
@@ -460,11 +499,9 @@ class _Patch:
                 else:
                     tokens = self._layer_method(stage, i, b, hidden, vis, grid)
                 plans.append(_plan(tokens, vis))
-            kept, group, feature = _sample_parts(p.valid[b], plans)
-            keep.append(kept)
-            groups.append(group)
-            features.append(feature)
-        rw = _rewrite(keep, groups, features, L, hidden.device)
+            parts.append(_sample_parts(p.valid[b], plans))
+        rw = _rewrite(parts, L, hidden.device)
+        groups = [part[1] for part in parts]
         new_hidden = rw.apply(hidden, use_features=True)
         cos, sin = kwargs["position_embeddings"]
         new_pos = None
@@ -490,7 +527,7 @@ class _Patch:
         p.blocks = [[] for _ in range(B)]
         p.record["stages"].append(
             {"stage": stage.label, "visual_out": p.visual.sum(1).tolist(), "length": rw.index.shape[1],
-             "kept": [g[0].tolist() for g in groups]}
+             "kept": [rw.index[b, g[0]].tolist() for b, g in enumerate(groups)]}
         )
         kwargs = dict(kwargs)
         kwargs["position_embeddings"] = (cos, sin)
@@ -574,19 +611,6 @@ class _Patch:
 def _prefill(cache, layer: int) -> bool:
     """Whether this pass is a prefill for ``layer``: nothing cached there yet."""
     return cache is None or cache.get_seq_length(layer) == 0
-
-
-class _Restore:
-    """Undo an instance attribute set over a method: put back what the instance had before (or nothing)."""
-
-    def __init__(self, obj, name, previous):
-        self.obj, self.name, self.previous = obj, name, previous
-
-    def remove(self) -> None:
-        if self.previous is None:
-            self.obj.__dict__.pop(self.name, None)
-        else:
-            self.obj.__dict__[self.name] = self.previous
 
 
 class Handle:
@@ -721,6 +745,11 @@ def _stage(adapter: Adapter, spec: registry.Method, retention, params, layer, po
     if adapter.rope == "mrope" and positions != "original":
         raise ValueError(f"{adapter.name} uses M-RoPE: kept tokens keep their (t, h, w) positions; positions must be 'original'")
     stage = Stage(spec, retention, dict(params), layer, positions)
+    if stage.unpooled and adapter.pooled:
+        if layer is not None:
+            raise ValueError(f"{spec.name} replaces the family's pooling, so it runs before the LLM (no layer)")
+        if positions != "reassign":
+            raise ValueError(f"{spec.name} gives a new grid: its tokens take contiguous positions (positions='reassign')")
     if stage.needs_scores:
         if "scores" in params:
             raise ValueError(f"{spec.name}: inside a model the scores come from its vision encoder; do not pass scores")

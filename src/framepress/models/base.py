@@ -29,8 +29,9 @@ class Adapter:
 
     #: "1d" (positions from the attention mask, one row) or "mrope" (rows of (t, h, w) per token)
     rope: str = "1d"
-    #: the ``model.model`` forward arguments :meth:`video_blocks` reads
-    captured_args: tuple[str, ...] = ("input_ids", "inputs_embeds")
+    #: whether the family pools the projector's grid with a parameter-free step a method may replace (LLaVA's
+    #: 2x2 pooling); Qwen's 2x2 merger is part of its learned projector, so there a method gets the merged grid
+    pooled: bool = False
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
@@ -74,6 +75,10 @@ class Adapter:
         """Per sample, its videos' grid tokens, from the captured ``model.model`` inputs."""
         raise NotImplementedError
 
+    def unpooled_hooks(self, sink: Callable[[torch.Tensor], None]) -> list[Any]:
+        """Hooks that hand ``sink`` each encoded chunk of frames as [frames, H, W, C] before the family's pooling."""
+        raise ValueError(f"{self.name} has no parameter-free pooling to replace")
+
     def score_hooks(self, sink: Callable[[torch.Tensor], None]) -> list[Any]:
         """Hooks on the vision tower that compute each token's contribution score while it encodes a video and
         hand ``sink`` one [frames, H, W] map on the LLM grid per encoded chunk of frames."""
@@ -85,3 +90,16 @@ def runs(mask: torch.Tensor) -> list[tuple[int, int]]:
     padded = torch.cat([mask.new_zeros(1), mask, mask.new_zeros(1)]).int()
     edges = torch.nonzero(padded[1:] - padded[:-1]).squeeze(1).tolist()
     return list(zip(edges[0::2], edges[1::2]))
+
+
+class _Restore:
+    """Undo an instance attribute set over a method: put back what the instance had before (or nothing)."""
+
+    def __init__(self, obj, name, previous):
+        self.obj, self.name, self.previous = obj, name, previous
+
+    def remove(self) -> None:
+        if self.previous is None:
+            self.obj.__dict__.pop(self.name, None)
+        else:
+            self.obj.__dict__[self.name] = self.previous

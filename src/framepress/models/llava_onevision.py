@@ -13,11 +13,12 @@ from typing import Any
 import torch
 
 from .. import signals
-from .base import Adapter, VideoBlock, runs
+from .base import Adapter, VideoBlock, _Restore, runs
 
 
 class LlavaOnevision(Adapter):
     rope = "1d"
+    pooled = True
 
     @property
     def side(self) -> int:
@@ -40,6 +41,21 @@ class LlavaOnevision(Adapter):
                 sample.append(VideoBlock(slots, (grid_tokens // (side * side), side, side)))
             blocks.append(sample)
         return blocks
+
+    def unpooled_hooks(self, sink):
+        """The projector's [frames, 27, 27, C] output, taken as it enters the family's 2x2 bilinear pooling."""
+        base = self.base
+        original = base.apply_pooling
+        previous = base.__dict__.get("apply_pooling")
+        vision = self.model.config.vision_config
+        side = vision.image_size // vision.patch_size
+
+        def apply_pooling(image_features):
+            sink(image_features.reshape(image_features.shape[0], side, side, -1))
+            return original(image_features)
+
+        base.apply_pooling = apply_pooling
+        return [_Restore(base, "apply_pooling", previous)]
 
     def score_hooks(self, sink):
         """SigLIP has no CLS token: a token's score is the attention it receives in the layer whose output feeds
