@@ -133,7 +133,7 @@ def test_text_aware_merge_keeps_the_most_important_and_averages_the_rest():
     g = torch.Generator().manual_seed(5)
     visual, text = torch.randn(12, 16, generator=g), torch.randn(4, 16, generator=g)
     attention = torch.rand(4, 12, generator=g)
-    inputs = LayerInputs(visual, text, None, 18, _text_attention=lambda: attention)
+    inputs = LayerInputs(visual, text, None, 18, _attention=lambda which, heads: attention)
     out = unified_merge(inputs, 5, lam=0.5)
     out.check()
     mm = lambda v: (v - v.min()) / (v.max() - v.min())  # noqa: E731
@@ -146,7 +146,7 @@ def test_text_aware_merge_keeps_the_most_important_and_averages_the_rest():
     assert torch.equal(out.source, similar)
     for i in range(5):
         torch.testing.assert_close(out.features[i], visual[similar == i].mean(0))
-    attention_only = unified_merge(LayerInputs(visual, text, None, 18, _text_attention=lambda: attention), 5, lam=0.0)
+    attention_only = unified_merge(LayerInputs(visual, text, None, 18, _attention=lambda which, heads: attention), 5, lam=0.0)
     assert torch.equal(attention_only.boxes[:, 2], torch.sort(attention.amax(0), descending=True).indices[:5].sort().values)
 
 

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 import torch
 
 
+HEADS = ("mean", "max")
+
+
 @dataclass
 class LayerInputs:
     """The visual block at the input of layer K.
@@ -26,14 +29,18 @@ class LayerInputs:
     text: torch.Tensor
     grid: tuple[int, int, int] | None
     layer: int
-    _last_attention: Callable[[], torch.Tensor] = field(repr=False, default=None)
-    _text_attention: Callable[[], torch.Tensor] = field(repr=False, default=None)
+    _attention: Callable[[str, str], torch.Tensor] = field(repr=False, default=None)
 
-    def last_attention(self) -> torch.Tensor:
-        """[N]: the attention the last prompt token pays each visual token at layer K-1, mean over heads
-        (FastV's signal)."""
-        return self._last_attention()
+    def last_attention(self, heads: str = "mean") -> torch.Tensor:
+        """[N]: the attention the last prompt token pays each visual token at layer K-1, over heads by
+        ``heads`` ("mean" or "max"; FastV's signal)."""
+        return self._attention("last", heads)[0]
 
-    def text_attention(self) -> torch.Tensor:
-        """[M, N]: the attention each text token pays each visual token at layer K-1, mean over heads."""
-        return self._text_attention()
+    def text_attention(self, heads: str = "mean") -> torch.Tensor:
+        """[M, N]: the attention each text token pays each visual token at layer K-1, over heads by ``heads``."""
+        return self._attention("text", heads)
+
+    def received_attention(self) -> torch.Tensor:
+        """[N]: the attention each visual token receives at layer K-1, mean over heads and over every query of
+        the sequence (FrameFusion's cumulative attention); computed a block of queries at a time."""
+        return self._attention("all", "mean")[0]

@@ -27,7 +27,7 @@ import torch
 from . import budget as _budget
 from . import checks, flops, registry
 from .api import compress
-from .layer import LayerInputs
+from .layer import HEADS, LayerInputs
 from .models import Adapter, adapter_for
 from .models.base import _Restore
 from .signals import attention_rows
@@ -545,22 +545,34 @@ class _Patch:
         text_rows = torch.nonzero(p.valid[b] & ~p.visual[b] & (torch.arange(hidden.shape[1], device=hidden.device) > first_visual)).squeeze(1)
         signal = p.signal.get(i)
 
-        def rows_attention(rows: torch.Tensor) -> torch.Tensor:
+        rows_of = {
+            "last": torch.nonzero(p.valid[b]).squeeze(1)[-1:],
+            "text": text_rows,
+            "all": torch.nonzero(p.valid[b]).squeeze(1),
+        }
+
+        def attention(which: str, heads: str) -> torch.Tensor:
+            checks.choice("heads", heads, HEADS)
             if signal is None:
                 raise ValueError(f"{stage.label} needs attention signals from layer {i - 1}, which did not run")
             attn, normed, cos, sin, valid = signal
             c = cos[b] if cos.shape[0] > 1 else cos[0]
             s = sin[b] if sin.shape[0] > 1 else sin[0]
-            return attention_rows(attn, normed[b], c, s, rows, valid[b]).mean(0)[:, vis]
+            rows = rows_of[which]
+            if which == "all":  # a mean over every query, a block of queries at a time
+                total = torch.zeros(vis.numel(), device=hidden.device)
+                for part in rows.split(256):
+                    total += attention_rows(attn, normed[b], c, s, part, valid[b]).mean(0)[:, vis].sum(0)
+                return (total / max(rows.numel(), 1))[None]
+            probs = attention_rows(attn, normed[b], c, s, rows, valid[b])[:, :, vis]
+            return probs.mean(0) if heads == "mean" else probs.amax(0)
 
-        last = torch.nonzero(p.valid[b]).squeeze(1)[-1:]
         inputs = LayerInputs(
             visual=hidden[b, vis],
             text=hidden[b, text_rows],
             grid=grid,
             layer=i,
-            _last_attention=lambda: rows_attention(last)[0],
-            _text_attention=lambda: rows_attention(text_rows),
+            _attention=attention,
         )
         budget = None
         if stage.retention is not None:
