@@ -23,12 +23,14 @@ class LayerInputs:
         grid: (T, H, W) when the visual tokens are still one video's whole grid (no earlier stage cut it), else
             None; N = T*H*W then.
         layer: K.
+        n_layers: the model's decoder layers (for methods that budget compute over layers).
     """
 
     visual: torch.Tensor
     text: torch.Tensor
     grid: tuple[int, int, int] | None
     layer: int
+    n_layers: int | None = None
     _attention: Callable[[str, str], torch.Tensor] = field(repr=False, default=None)
 
     def last_attention(self, heads: str = "mean") -> torch.Tensor:

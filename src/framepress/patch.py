@@ -572,6 +572,7 @@ class _Patch:
             text=hidden[b, text_rows],
             grid=grid,
             layer=i,
+            n_layers=len(self.adapter.layers),
             _attention=attention,
         )
         budget = None
