@@ -49,6 +49,13 @@ RUNS = [
     ("holitom retention 0.02", "holitom", 0.02, {}),
     ("fastvid retention 0.1", "fastvid", 0.1, {}),
     ("fastvid retention 0.02", "fastvid", 0.02, {}),
+    ("prunevid retention 0.1", "prunevid", 0.1, {}),
+    ("dycoke default (K=0.7)", "dycoke", None, {}),
+    ("dycoke retention 0.3", "dycoke", 0.3, {}),
+    ("divprune retention 0.1", "divprune", 0.1, {}),
+    ("divprune retention 0.02", "divprune", 0.02, {}),
+    ("gridpool 4:1 (on the unpooled 27x27 grid)", "gridpool", None, {}),
+    ("gridpool 8:1 (on the unpooled 27x27 grid)", "gridpool", None, {"setting": "8:1"}),
 ]
 #: Pre-LLM processing time the unified paper reports at ~2% on LLaVA-OV-7B (Table 6; GPU not stated), in ms.
 PAPER_GPU_MS = {"unified": 74.0, "fastvid": 8.6, "visionzip": 35.8, "holitom": 88.7}
@@ -95,6 +102,8 @@ def run(args) -> str:
         x = synthetic(*shape, seed=0).to(device=device, dtype=getattr(torch, args.dtype))
         # stand-in vision scores for the methods that take them (timing barely depends on their values)
         scores = torch.rand(T, H, W, generator=torch.Generator().manual_seed(0)).to(device)
+        # the projector's grid before LLaVA's 2x2 pooling, for methods that replace that pooling
+        unpooled = synthetic(T, 27, 27, C, seed=0).to(device=device, dtype=x.dtype)
         base_ms, _ = median_ms(lambda: framepress.compress(x, "pool"), args.repeat, device)
         lines.append(f"\n**{T} x {H} x {W} x {C}** ({T * H * W} tokens), {args.dtype}, {device.type}\n")
         lines.append("| method | tokens out | ms (median) | x 2x2 pool | paper, GPU, ~2% (ms) |")
@@ -102,9 +111,11 @@ def run(args) -> str:
         for label, method, retention, params in RUNS:
             if method not in framepress.methods():
                 continue
-            if "scores" in framepress.registry.get(method).params:
+            spec = framepress.registry.get(method)
+            if "scores" in spec.params:
                 params = dict(params, scores=scores)
-            ms, out = median_ms(lambda: framepress.compress(x, method, retention=retention, **params), args.repeat, device)
+            data = unpooled if spec.grid == "unpooled" else x
+            ms, out = median_ms(lambda: framepress.compress(data, method, retention=retention, **params), args.repeat, device)
             paper = PAPER_GPU_MS.get(method, "") if retention == 0.02 else ""
             lines.append(f"| {label} | {len(out)} | {ms:.1f} | {ms / base_ms:.1f} | {paper} |")
             print(f"{shape} {label}: {len(out)} tokens, {ms:.1f} ms", flush=True)
