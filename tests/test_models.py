@@ -458,3 +458,21 @@ def test_gridpool_on_qwen_takes_the_merged_grid():
     with framepress.apply(model, "gridpool") as handle:
         generate(model, inputs, n=2)
         assert handle.stats[-1]["tokens_in"] == [64] and handle.stats[-1]["stages"][0]["visual_out"] == [16]
+
+
+@pytest.mark.parametrize("method", [m for m in framepress.methods("pre-llm") if not m.startswith("test_")])
+def test_every_pre_llm_method_runs_in_every_family(model, method):
+    """Each registered grid method, by name, inside each family: generate runs and the count is the method's."""
+    inputs = inputs_for(model, frames=8)
+    spec = framepress.registry.get(method)
+    retention = 0.5 if spec.budget != "steps" else 0.25
+    given = f"{retention:.0%}" if spec.inner else retention  # "A%" alone: the pre-LLM part only
+    with framepress.apply(model, method, retention=given) as handle:
+        tokens = generate(model, inputs, n=2)
+        stage = handle.stats[-1]["stages"][0]
+    assert tokens.shape == (1, 2)
+    n = handle.stats[-1]["tokens_in"][0]
+    if spec.budget == "exact":
+        assert stage["visual_out"][0] == round(retention * n)
+    else:
+        assert 0 < stage["visual_out"][0] <= round(retention * n)
