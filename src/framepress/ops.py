@@ -139,24 +139,28 @@ def group_mean(rows: Rows, group: torch.Tensor, n_groups: int, weight: torch.Ten
     return total.div_(count.clamp_min(torch.finfo(cd).tiny)[:, None]).to(sample.dtype)  # an empty group is 0
 
 
-def pairwise_distances(x: torch.Tensor, scale: float = 1.0, block: int = 1024) -> torch.Tensor:
-    """[N, N] Euclidean distances ||xi - xj|| * scale between the rows of x [N, C], in the compute dtype.
-
-    The N x N dot products dominate (2*N^2*C flops); the matrix is symmetric, so only the blocks on and above
-    the diagonal are multiplied (about half the work) and mirrored, and the rest is done in place on the one
-    N x N result. Exact zeros on the diagonal."""
+def gram(x: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """[N, N] dot products of the rows of x [N, C], in the compute dtype. The matrix is symmetric, so only the
+    blocks on and above the diagonal are multiplied (about half of the 2*N^2*C flops) and mirrored."""
     x = x.to(compute_dtype(x.dtype))
     n = x.shape[0]
-    d = torch.empty(n, n, dtype=x.dtype, device=x.device)
+    g = torch.empty(n, n, dtype=x.dtype, device=x.device)
     for i in range(0, n, block):
         rows = x[i : i + block]
         upper = rows @ x[i:].T
         r = rows.shape[0]
-        d[i : i + r, i + r :] = upper[:, r:]
-        d[i + r :, i : i + r] = upper[:, r:].T
+        g[i : i + r, i + r :] = upper[:, r:]
+        g[i + r :, i : i + r] = upper[:, r:].T
         square = upper[:, :r]
-        d[i : i + r, i : i + r] = square.triu() + square.triu(1).T
-    sq = (x * x).sum(1)
+        g[i : i + r, i : i + r] = square.triu() + square.triu(1).T
+    return g
+
+
+def pairwise_distances(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """[N, N] Euclidean distances ||xi - xj|| * scale between the rows of x [N, C], in the compute dtype: one
+    symmetric :func:`gram`, then in-place steps on it (no other N x N temporaries); zeros on the diagonal."""
+    d = gram(x)
+    sq = d.diagonal().clone()
     d.mul_(-2).add_(sq[:, None]).add_(sq[None, :]).clamp_(min=0).sqrt_().mul_(scale)
     return d.fill_diagonal_(0)
 

@@ -45,10 +45,11 @@ def best_grid(size: int) -> tuple[int, int]:
     return size // cols, cols
 
 
-def mosaics(x: torch.Tensor, group_sizes: tuple[int, ...], strides: tuple[int, ...]) -> tuple[torch.Tensor, list[int]]:
-    """PTG on [T, H, W, C]: returns the gridded frames and the frames each level wrote, in order."""
+def ptg_frames(x: torch.Tensor, group_sizes: tuple[int, ...], strides: tuple[int, ...]) -> tuple[dict[int, torch.Tensor], list[int]]:
+    """PTG on [T, H, W, C]: the frames it overwrites ({frame: [H, W, C] mosaic}) and the order of the writes.
+    Only those frames are new; every other frame stays the input's (no copy of the video)."""
     T, H, W, C = x.shape
-    out = x.clone()
+    replaced: dict[int, torch.Tensor] = {}
     written = []
     for size, stride in zip(group_sizes, strides):
         index = level_indices(T, stride)
@@ -57,11 +58,22 @@ def mosaics(x: torch.Tensor, group_sizes: tuple[int, ...], strides: tuple[int, .
             continue
         rows, cols = best_grid(size)
         th, tw = -(-H // rows), -(-W // cols)
-        snapshot = out[groups.reshape(-1)].permute(0, 3, 1, 2).to(ops.compute_dtype(x.dtype))  # read before writing
+        snapshot = torch.stack([replaced.get(t, x[t]) for t in groups.reshape(-1).tolist()])  # read before writing
+        snapshot = snapshot.permute(0, 3, 1, 2).to(ops.compute_dtype(x.dtype))
         tiles = F.adaptive_avg_pool2d(snapshot, (th, tw)).reshape(groups.shape[0], rows, cols, C, th, tw)
         canvas = tiles.permute(0, 3, 1, 4, 2, 5).reshape(groups.shape[0], C, rows * th, cols * tw)
-        out[groups[:, -1]] = canvas[:, :, :H, :W].permute(0, 2, 3, 1).to(x.dtype)
-        written += groups[:, -1].tolist()
+        for last, mosaic in zip(groups[:, -1].tolist(), canvas[:, :, :H, :W].permute(0, 2, 3, 1).to(x.dtype)):
+            replaced[last] = mosaic
+            written.append(last)
+    return replaced, written
+
+
+def mosaics(x: torch.Tensor, group_sizes: tuple[int, ...], strides: tuple[int, ...]) -> tuple[torch.Tensor, list[int]]:
+    """PTG as a whole gridded video [T, H, W, C] (a copy), and the frames it wrote, in order."""
+    replaced, written = ptg_frames(x, group_sizes, strides)
+    out = x.clone()
+    for t, mosaic in replaced.items():
+        out[t] = mosaic
     return out, written
 
 
@@ -119,7 +131,7 @@ def gridpool(
     if budget is not None and kernel is not None:
         raise ValueError("gridpool: give retention or kernel, not both")
     T, H, W, C = x.shape
-    gridded, written = mosaics(x, tuple(group_sizes), tuple(strides)) if ptg else (x, [])
+    replaced, written = ptg_frames(x, tuple(group_sizes), tuple(strides)) if ptg else ({}, [])
     if not nsp:
         kernel = 1
     elif kernel is None:  # a grid smaller than the native window gets the largest window that fits
@@ -127,8 +139,16 @@ def gridpool(
     kernel = checks.integer("kernel", kernel, 1)
     if (H + 2 * padding) < kernel or (W + 2 * padding) < kernel:
         raise ValueError(f"kernel={kernel} with padding={padding} does not fit the {H}x{W} grid")
-    pooled = norm_pool(gridded, kernel, padding, temp, p) if kernel > 1 else gridded
-    _, ho, wo, _ = pooled.shape
+    ho, wo = (H + 2 * padding - kernel) // kernel + 1, (W + 2 * padding - kernel) // kernel + 1
+    pooled = x.new_empty(T, ho, wo, C)
+    for frames in ops.frame_chunks(x):  # a few frames at a time, PTG's mosaics swapped in
+        chunk = x[frames]
+        mine = [t for t in replaced if frames.start <= t < frames.stop]
+        if mine:
+            chunk = chunk.clone()
+            for t in mine:
+                chunk[t - frames.start] = replaced[t]
+        pooled[frames] = norm_pool(chunk, kernel, padding, temp, p) if kernel > 1 else chunk
     dev = x.device
     # window (i, j) covers input rows i*k - pad .. i*k - pad + k - 1 (clipped): each input token belongs to the
     # window whose stride cell holds it; rows and columns no window reaches are dropped
