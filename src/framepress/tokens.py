@@ -59,12 +59,32 @@ class Tokens:
         """Keep the input tokens at the flat indices ``index`` (ascending), drop the rest."""
         T, H, W, C = x.shape
         index = index.to(device=x.device, dtype=torch.long)
-        t, rem = index // (H * W), index % (H * W)
-        y, xx = rem // W, rem % W
-        boxes = torch.stack([t, y, xx, y + 1, xx + 1], dim=1)
         source = torch.full((T * H * W,), -1, dtype=torch.long, device=x.device)
         source[index] = torch.arange(index.numel(), device=x.device)
-        return cls.from_source(x.reshape(-1, C)[index], boxes, source, (T, H, W), info)
+        return cls.at_representatives(x, x.reshape(-1, C)[index], index, source, info)
+
+    @classmethod
+    def at_representatives(
+        cls,
+        x: torch.Tensor,
+        features: torch.Tensor,
+        representative: torch.Tensor,
+        source: torch.Tensor,
+        info: dict[str, Any] | None = None,
+    ) -> Tokens:
+        """Tokens each standing at one input token of x [T, H, W, C] (``representative``: flat indices, one per
+        row of ``features``; ``source``: for each input, the row it went into or -1), put in spatiotemporal
+        order of the representatives, each box the representative's 1x1 cell."""
+        T, H, W, _ = x.shape
+        order = torch.argsort(representative)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=order.device)
+        source = torch.where(source >= 0, rank[source.clamp_min(0)], -1)
+        rep = representative[order]
+        t, rem = rep // (H * W), rep % (H * W)
+        y, xx = rem // W, rem % W
+        boxes = torch.stack([t, y, xx, y + 1, xx + 1], 1)
+        return cls.from_source(features[order], boxes, source, (T, H, W), info)
 
     def __len__(self) -> int:
         return int(self.features.shape[0])

@@ -240,8 +240,5 @@ def fastvid(
         a = flat[anchors[grew]].to(sums.dtype)
         blend = weight[grew] * a + (1 - weight[grew]) * sums[grew] / count[grew]
         out[slot[anchors[grew]]] = blend.to(x.dtype)
-    t, rem = kept // n, kept % n
-    y, xx = rem // W, rem % W
-    boxes = torch.stack([t, y, xx, y + 1, xx + 1], 1)
     info = {"segments": lengths, "salient": int(salient_flat.sum()), "context": int(anchors.numel())}
-    return Tokens.from_source(out, boxes, source, (T, H, W), info)
+    return Tokens.at_representatives(x, out, kept, source, info)

@@ -147,18 +147,8 @@ def holitom(
         source[first : last + 1, positions] = made + cluster
         reps.append(first * n + positions[centers])
         made += count
-    reps = torch.cat(reps)
-    order = torch.argsort(reps)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=dev)
-    flat_source = source.reshape(-1)
-    flat_source = torch.where(flat_source >= 0, rank[flat_source.clamp_min(0)], -1)
-    reps = reps[order]
-    t, rem = reps // n, reps % n
-    y, xx = rem // W, rem % W
-    boxes = torch.stack([t, y, xx, y + 1, xx + 1], 1)
     info = {"windows": windows, "static_saved": reduced}
-    return Tokens.from_source(torch.cat(feats)[order], boxes, flat_source, (T, H, W), info)
+    return Tokens.at_representatives(x, torch.cat(feats), torch.cat(reps), source.reshape(-1), info)
 
 
 @register(

@@ -125,20 +125,11 @@ def unified(
         reps = pool[centers]
     else:
         merged, reps, cluster = flat[:0], kept[:0], kept[:0]
-    positions = torch.cat([kept, reps])
-    out_order = torch.argsort(positions)
-    rank = torch.empty_like(out_order)
-    rank[out_order] = torch.arange(out_order.numel(), device=x.device)
-    source[kept] = rank[: kept.numel()]
+    source[kept] = torch.arange(kept.numel(), device=x.device)
     if n_clusters:
-        source[pool] = rank[kept.numel() + cluster]
-    features = torch.cat([flat[kept], merged])[out_order]
-    positions = positions[out_order]
-    t, rem = positions // (H * W), positions % (H * W)
-    y, xx = rem // W, rem % W
-    boxes = torch.stack([t, y, xx, y + 1, xx + 1], 1)
+        source[pool] = kept.numel() + cluster
     info = {"selected": int(kept.numel()), "clusters": int(n_clusters)}
-    return Tokens.from_source(features, boxes, source, (T, H, W), info)
+    return Tokens.at_representatives(x, torch.cat([flat[kept], merged]), torch.cat([kept, reps]), source, info)
 
 
 @register(
