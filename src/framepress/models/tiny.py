@@ -158,3 +158,52 @@ def random_frames(model: torch.nn.Module, frames: int, seed: int = 0, size: int 
     if size is None:
         size = model.config.vision_config.image_size if family == "llava_onevision" else 8 * model.config.vision_config.patch_size
     return torch.randn(frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+#: The tiny checkpoints' words: enough for the demo's questions and for answers to read as words.
+WORDS = (
+    "user assistant system what which how many is are the a an of in on at to and or video frame frames shape "
+    "shapes object objects color colour red green blue yellow white black orange purple square circle triangle "
+    "star appears appeared briefly first last left right up down moving moves still static scene cut there "
+    "count one two three four five six seven eight nine ten yes no describe happens"
+).split()
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|> {{ m['role'] }} {% if m['content'] is string %}{{ m['content'] }} "
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'video' %}<video> {% else %}{{ c['text'] }} "
+    "{% endif %}{% endfor %}{% endif %}<|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant "
+    "{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over :data:`WORDS` with the tiny configs' special ids and a chat template."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<unk>": 3}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    special = {"<|im_start|>": 248, "<|im_end|>": 249, "<image>": IMAGE, "<video>": VIDEO,
+               "<|vision_start|>": VISION_START, "<|vision_end|>": VISION_END}
+    vocab.update(special)
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        additional_special_tokens=list(special),
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_checkpoint(path, family: str = "llava_onevision", layers: int = 4, seed: int = 0):
+    """Write a loadable tiny checkpoint (random weights, tokenizer, chat template) to ``path``; returns it."""
+    from pathlib import Path
+
+    path = Path(path)
+    model = tiny_model(family, layers=layers, seed=seed)
+    model.generation_config.eos_token_id = EOS
+    model.generation_config.pad_token_id = PAD
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path

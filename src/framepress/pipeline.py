@@ -1,0 +1,216 @@
+"""From a video file and a question to an answer: ``framepress.load(model, method, retention).ask(video, q)``.
+
+The pipeline loads a supported model (hub id or local folder) with its tokenizer and processor, patches it with
+:func:`framepress.apply`, decodes and samples the video (:mod:`framepress.video`), and answers with the model's
+own ``generate``, measuring what a user compares methods by: visual tokens in and out, retention, the LLM's
+prefill FLOPs, time to first token, total time and peak memory.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checks
+from .models import ADAPTERS
+from .patch import Handle, apply
+from .prompt import Prompter
+from .session import Session
+
+
+@dataclass
+class Answer:
+    """One answer and what it cost."""
+
+    text: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _FirstToken:
+    """A logits processor that notes when the first token's logits are ready (prefill done)."""
+
+    def __init__(self):
+        self.at: float | None = None
+
+    def __call__(self, input_ids, scores):
+        if self.at is None:
+            self.at = time.perf_counter()
+        return scores
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak resident set
+
+
+class Pipeline:
+    """A model, its tokenizer and processor, and the compression applied to it."""
+
+    def __init__(self, model, tokenizer, source: str | None, method: str | None, retention, frames: int, params: dict):
+        self.model, self.tokenizer, self.source = model, tokenizer, source
+        self.frames = checks.integer("frames", frames, 1)
+        self.method, self.retention = method, retention
+        self.prompter = Prompter(model, tokenizer, source)
+        self.handle: Handle | None = apply(model, method, retention=retention, **params) if method else None
+        self.device = next(model.parameters()).device
+
+    def close(self) -> None:
+        """Undo the compression (the model is exactly as loaded again)."""
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+    def load_video(self, video, frames: int | None = None, fps: float | None = None, progress: bool = False):
+        """A path is decoded and sampled; an already loaded video (anything with ``frames`` [F, H, W, 3] uint8
+        and ``fps``) is used as it is."""
+        if isinstance(video, (str, os.PathLike)):
+            from .video import load_video
+
+            return load_video(video, num_frames=None if fps else (frames or self.frames), fps=fps, progress=progress)
+        return video
+
+    def ask(self, video, question: str, max_new_tokens: int = 64, frames: int | None = None, **generate_kwargs) -> Answer:
+        """Answer ``question`` about ``video`` (a path, or a loaded :class:`framepress.video.Video`)."""
+        question = _check_question(question)
+        video = self.load_video(video, frames)
+        inputs = self._to_device(self.prompter.inputs(video.frames, question, video.fps))
+        return self._generate(inputs, inputs["input_ids"].shape[1], max_new_tokens, generate_kwargs)
+
+    def chat(self, video, frames: int | None = None) -> Chat:
+        """A session of questions about one video; the compressed prefix is reused when the method allows."""
+        return Chat(self, self.load_video(video, frames))
+
+    def _to_device(self, inputs: dict) -> dict:
+        dtype = next(self.model.parameters()).dtype
+        out = {}
+        for k, v in inputs.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(self.device, dtype=dtype if v.is_floating_point() else v.dtype)
+            out[k] = v
+        return out
+
+    def _generate(self, inputs: dict, prompt_length: int, max_new_tokens: int, kwargs: dict, session: Session | None = None, question=None) -> Answer:
+        marker = _FirstToken()
+        kwargs = dict(kwargs, max_new_tokens=checks.integer("max_new_tokens", max_new_tokens, 1))
+        kwargs.setdefault("do_sample", False)
+        kwargs["logits_processor"] = [*kwargs.get("logits_processor", []), marker]
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            if session is None:
+                out = self.model.generate(**inputs, **kwargs)[:, prompt_length:]
+            else:
+                out = session.ask(question, **kwargs)
+        total = time.perf_counter() - start
+        text = self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+        stats = {
+            "ttft_s": round((marker.at or time.perf_counter()) - start, 4),
+            "total_s": round(total, 4),
+            "new_tokens": int(out.shape[1]),
+            "peak_memory_mb": round(_peak_memory_mb(self.device), 1),
+        }
+        stats.update(self._compression_stats())
+        return Answer(text, stats)
+
+    def _compression_stats(self) -> dict[str, Any]:
+        if self.handle is None or not self.handle.stats:
+            return {"method": None}
+        record = self.handle.stats[-1]
+        visual_in = record["tokens_in"][0]
+        stages = record["stages"]
+        visual_out = [s["visual_out"][0] for s in stages] or [visual_in]
+        return {
+            "method": self.method,
+            "visual_tokens_in": visual_in,
+            "visual_tokens_out": visual_out[-1],
+            "retention": round(visual_out[-1] / max(visual_in, 1), 4),
+            "stages": [{"stage": s["stage"], "visual_out": s["visual_out"][0]} for s in stages],
+            "llm_prefill_flops": float(self.handle.flops(record)[0]),
+        }
+
+
+class Chat:
+    """Questions about one video: each answered from the cached ``[prompt][compressed video]`` prefix when every
+    stage ignores the question, else from a fresh prefill (:class:`framepress.Session`)."""
+
+    def __init__(self, pipeline: Pipeline, video):
+        self.pipeline, self.video = pipeline, video
+        prefix, self.tail = pipeline.prompter.split(video.frames, video.fps)
+        start = time.perf_counter()
+        self.session = Session(pipeline.model, pipeline._to_device(prefix))
+        self.prefill_s = time.perf_counter() - start
+
+    @property
+    def reuses_prefix(self) -> bool:
+        return self.session.reuse
+
+    def ask(self, question: str, max_new_tokens: int = 64, **generate_kwargs) -> Answer:
+        question = _check_question(question)
+        ids = self.pipeline.prompter.question_ids(question, self.tail).to(self.pipeline.device)
+        answer = self.pipeline._generate({}, 0, max_new_tokens, generate_kwargs, session=self.session, question=ids)
+        answer.stats["prefix_reused"] = self.session.reuse
+        return answer
+
+
+def _check_question(question: Any) -> str:
+    if not isinstance(question, str):
+        raise TypeError(f"question must be a string, got {type(question).__name__}")
+    if not question.strip():
+        raise ValueError("question is empty")
+    return question.strip()
+
+
+def load(
+    model: str | os.PathLike,
+    method: str | None = None,
+    retention=None,
+    *,
+    frames: int = 32,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    **params: Any,
+) -> Pipeline:
+    """Load a supported Video-LLM (hub id or local folder) and compress its video tokens with ``method``.
+
+    Args:
+        model: e.g. "llava-hf/llava-onevision-qwen2-7b-ov-hf" or a folder with the checkpoint.
+        method, retention, **params: as for :func:`framepress.apply` (no method: the model as is).
+        frames: frames sampled from each video (uniformly; see :func:`framepress.video.sample_indices`).
+        device: "cpu", "cuda", ... (default: cuda when available); dtype: e.g. "bfloat16" (default: the
+            checkpoint's, float32 on CPU).
+    """
+    import transformers
+
+    source = str(model)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    try:
+        config = transformers.AutoConfig.from_pretrained(source)
+        architecture = (getattr(config, "architectures", None) or [""])[0]
+        if architecture not in ADAPTERS:
+            raise TypeError(f"{source} is a {architecture or config.model_type}; framepress supports: {', '.join(ADAPTERS)}")
+        net = transformers.AutoModelForImageTextToText.from_pretrained(source, dtype=dtype or (torch.float32 if device.type == "cpu" else "auto"))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        local = Path(source).exists()
+        raise FileNotFoundError(
+            f"model {source!r} could not be loaded: "
+            + (f"{exc}" if local else "it is not on this machine and could not be downloaded (offline?). "
+               f"Download it where the hub is reachable (huggingface-cli download {source} --local-dir DIR), copy "
+               "DIR here and pass the folder: --model DIR")
+        ) from None
+    net = net.to(device).eval()
+    return Pipeline(net, tokenizer, source, method, retention, frames, params)

@@ -1,0 +1,128 @@
+"""Model inputs for a video and a question, with the family's own processor and chat template.
+
+In transformers 5.23 the video processors need torchvision. When the family's processor loads, it does all the
+work. When it cannot (no torchvision, or a checkpoint folder without processor files), LLaVA-OneVision inputs are
+built here the way its video processor builds them — resize every frame to the vision size (bicubic), rescale to
+[0, 1], normalize with the saved mean and std, one ``<video>`` placeholder expanded to F*side*side + 1 tokens — from
+the settings saved with the checkpoint. The Qwen families need their processor (their patch layout and
+timestamps are not rebuilt here).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .models import adapter_for
+
+log = logging.getLogger("framepress")
+
+#: OpenAI CLIP normalization, LlavaOnevisionVideoProcessor's defaults
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+QUESTION = "\x00question\x00"
+
+
+def _saved_settings(path: str | None) -> dict[str, Any]:
+    """The video (or image) processor settings saved in a local checkpoint folder, if any."""
+    if path is None or not Path(path).is_dir():
+        return {}
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        file = Path(path) / name
+        if file.is_file():
+            return json.loads(file.read_text())
+    return {}
+
+
+def _saved_chat_template(path: str | None) -> str | None:
+    if path is None or not Path(path).is_dir():
+        return None
+    jinja = Path(path) / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    js = Path(path) / "chat_template.json"
+    if js.is_file():
+        return json.loads(js.read_text()).get("chat_template")
+    return None
+
+
+class Prompter:
+    """Turns (frames, question) into ``model(**inputs)`` inputs for one model."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, source: str | None = None):
+        self.model, self.tokenizer, self.source = model, tokenizer, source
+        self.adapter = adapter_for(model)
+        self.processor = None
+        try:
+            from transformers import AutoProcessor
+
+            self.processor = AutoProcessor.from_pretrained(source) if source else None
+        except (ImportError, OSError, ValueError, TypeError, AttributeError) as exc:
+            log.info("framepress: the model's processor does not load here (%s); building inputs directly", exc)
+        if self.processor is None and self.adapter.rope != "1d":
+            raise ValueError(
+                f"{self.adapter.name} needs its own processor to lay out video patches, and it does not load here "
+                "(in transformers 5.23 video processors need torchvision: pip install torchvision)"
+            )
+        self.settings = _saved_settings(source)
+        self.chat_template = _saved_chat_template(source) or getattr(tokenizer, "chat_template", None)
+
+    def messages(self, question: str) -> list[dict]:
+        return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+
+    def render(self, question: str) -> str:
+        """The chat-template text of one user turn (the video, then the question) and the assistant's cue."""
+        messages = self.messages(question)
+        if self.processor is not None and getattr(self.processor, "chat_template", None):
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if not self.chat_template:
+            raise ValueError("the tokenizer has no chat template and the checkpoint saves none")
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
+        )
+
+    def inputs(self, frames: np.ndarray, question: str, fps: float | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs for the frames [F, H, W, 3] (uint8 RGB) and the question."""
+        return self._inputs_for_text(frames, self.render(question), fps)
+
+    def split(self, frames: np.ndarray, fps: float | None = None) -> tuple[dict[str, torch.Tensor], str]:
+        """The inputs of everything before the question (for a cached prefix) and the text that follows it, where
+        the question goes (the template's tail: end of turn and the assistant's cue)."""
+        text = self.render(QUESTION)
+        before, after = text.split(QUESTION, 1)
+        prefix = self._inputs_for_text(frames, before, fps)
+        return prefix, after
+
+    def question_ids(self, question: str, tail: str) -> torch.Tensor:
+        return self.tokenizer(question + tail, add_special_tokens=False, return_tensors="pt").input_ids[0]
+
+    def _inputs_for_text(self, frames: np.ndarray, text: str, fps: float | None) -> dict[str, torch.Tensor]:
+        if self.processor is not None:
+            kwargs = {"videos": [list(frames)], "text": text, "return_tensors": "pt"}
+            if fps is not None and self.adapter.rope == "mrope":
+                kwargs["fps"] = fps
+            return dict(self.processor(**kwargs))
+        return self._llava_inputs(frames, text)
+
+    def _llava_inputs(self, frames: np.ndarray, text: str) -> dict[str, torch.Tensor]:
+        from PIL import Image
+
+        vision = self.model.config.vision_config
+        size = self.settings.get("size", {}).get("height", vision.image_size)
+        mean = torch.tensor(self.settings.get("image_mean", CLIP_MEAN)).view(3, 1, 1)
+        std = torch.tensor(self.settings.get("image_std", CLIP_STD)).view(3, 1, 1)
+        resized = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC)) for f in frames])
+        pixels = (torch.from_numpy(resized).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        video = self.adapter.video_token_id
+        if ids.count(video) != 1:
+            raise ValueError(f"the rendered prompt holds {ids.count(video)} video placeholders, expected one")
+        side = self.adapter.side
+        at = ids.index(video)
+        ids = ids[:at] + [video] * (len(frames) * side * side + 1) + ids[at + 1 :]
+        input_ids = torch.tensor([ids])
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values_videos": pixels[None]}
