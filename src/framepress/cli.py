@@ -9,6 +9,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -165,6 +166,116 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_MODEL_NOTE = "a tiny LLaVA-OneVision built from config with random weights: its answers are meaningless text"
+
+
+def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, help="hub id or local folder of a supported Video-LLM")
+    p.add_argument("-m", "--method", help="compression method (framepress methods); none: the model as is")
+    p.add_argument("-r", "--retention", help='share of visual tokens to keep: 0.3, "30%%", or "A%%/B%%"')
+    p.add_argument("-p", "--param", type=_param, action="append", metavar="NAME=VALUE", help="method parameter (repeatable)")
+    p.add_argument("--frames", type=_positive, default=32, help="frames sampled uniformly from the video (default 32)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype")
+    p.add_argument("--max-new-tokens", type=_positive, default=64)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _retention(text: str | None):
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text  # "30%" or "A%/B%": checked by apply
+
+
+def _pipeline(args):
+    from .pipeline import load
+
+    return load(args.model, args.method, _retention(args.retention), frames=args.frames, device=args.device,
+                dtype=args.dtype, **dict(args.param or []))
+
+
+def _stats_lines(stats: dict) -> list[str]:
+    lines = []
+    if stats.get("method"):
+        stages = ", ".join(f"{s['stage']}: {s['visual_out']}" for s in stats["stages"])
+        lines.append(f"visual tokens: {stats['visual_tokens_in']} -> {stats['visual_tokens_out']} "
+                     f"(retention {stats['retention']:.4f}; {stages})")
+        lines.append(f"LLM prefill: {stats['llm_prefill_flops'] / 1e12:.4g} TFLOPs (analytical)")
+    lines.append(f"time to first token {stats['ttft_s']:.3f} s, total {stats['total_s']:.3f} s, "
+                 f"{stats['new_tokens']} new tokens, peak memory {stats['peak_memory_mb']:.0f} MB")
+    return lines
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from .video import load_video
+
+    question = args.question.strip()
+    if not question:
+        raise ValueError("the question is empty")
+    pipe = _pipeline(args)
+    video = load_video(args.video, num_frames=args.frames, progress=not args.json)
+    answer = pipe.ask(video, question, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        print(json.dumps({"answer": answer.text, "video": args.video, "frames": len(video.indices), **answer.stats}, default=str))
+    else:
+        print(answer.text)
+        print("\n".join("  " + line for line in _stats_lines(answer.stats)), file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .video import load_video
+
+    questions = [q.strip() for q in (args.question or sys.stdin.read().splitlines())]
+    questions = [q for q in questions if q]
+    if not questions:
+        raise ValueError("no question: give -q QUESTION (repeatable) or one question per line on stdin")
+    pipe = _pipeline(args)
+    video = load_video(args.video, num_frames=args.frames, progress=not args.json)
+    chat = pipe.chat(video)
+    results = []
+    if not args.json:
+        how = "reused for every question" if chat.reuses_prefix else "recomputed per question (the method reads it)"
+        print(f"prefix (prompt + compressed video) prefilled in {chat.prefill_s:.3f} s; {how}", file=sys.stderr)
+    for q in questions:
+        answer = chat.ask(q, max_new_tokens=args.max_new_tokens)
+        results.append({"question": q, "answer": answer.text, **answer.stats})
+        if not args.json:
+            print(f"Q: {q}\nA: {answer.text}")
+            print("\n".join("  " + line for line in _stats_lines(answer.stats)), file=sys.stderr)
+    if args.json:
+        print(json.dumps({"video": args.video, "prefill_s": chat.prefill_s, "answers": results}, default=str))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .video import load_video
+
+    if args.method is None:
+        raise ValueError("show needs --method")
+    if args.model is None:
+        import tempfile as _tempfile
+
+        from .models.tiny import save_tiny_checkpoint
+
+        args.model = str(save_tiny_checkpoint(Path(_tempfile.mkdtemp(prefix="framepress-tiny-"))))
+        print(f"no --model: using {DEMO_MODEL_NOTE}", file=sys.stderr)
+    pipe = _pipeline(args)
+    video = load_video(args.video, num_frames=args.frames, progress=not args.json)
+    path = pipe.show(video, args.output, columns=args.columns, cell=args.cell)
+    print(str(path))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), frames=args.frames, json_output=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="framepress",
@@ -176,6 +287,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the registered methods and their parameters")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=cmd_methods)
+
+    p = sub.add_parser("ask", help="answer a question about a video", description="Answer a question about a "
+                       "video with a supported Video-LLM, its visual tokens compressed by a method.")
+    p.add_argument("video", help="video file, image, or folder of frames")
+    p.add_argument("question")
+    _model_args(p)
+    p.set_defaults(run=cmd_ask)
+
+    p = sub.add_parser("chat", help="several questions about one video, reusing the compressed prefix")
+    p.add_argument("video")
+    p.add_argument("-q", "--question", action="append", help="a question (repeatable; default: lines of stdin)")
+    _model_args(p)
+    p.set_defaults(run=cmd_chat)
+
+    p = sub.add_parser("show", help="draw what a method keeps on the video's frames (a contact sheet)")
+    p.add_argument("video")
+    p.add_argument("-o", "--output", required=True, help="picture to write (.png, .jpg, ...)")
+    p.add_argument("--columns", type=_positive)
+    p.add_argument("--cell", type=_positive, default=256, help="pixels per frame (default 256)")
+    _model_args(p, required=False)
+    p.set_defaults(run=cmd_show)
+
+    p = sub.add_parser("demo", help="the whole pipeline on a synthetic video and a tiny model, no download",
+                       description=f"Generate a synthetic video, run every method at a few retentions on {DEMO_MODEL_NOTE}, "
+                       "print tokens, times and FLOPs, and write the pictures of what each method kept.")
+    p.add_argument("--out", default="framepress-demo", help="folder for the video and the pictures")
+    p.add_argument("--frames", type=_positive, default=16)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser(
         "compress",
@@ -211,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"framepress {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"framepress {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

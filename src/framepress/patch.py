@@ -218,6 +218,7 @@ class _Patch:
         self.scores: list[torch.Tensor] = []  # [frames, H, W] maps of the videos being encoded, in order
         self.unpooled: list[torch.Tensor] = []  # [frames, H, W, C] grids before the family's pooling, in order
         self.encoding = False
+        self.last_tokens: list[Tokens] = []  # the pre-LLM stage's tokens of the last prefill, video by video
 
     # installing -----------------------------------------------------------------------------------------------
     def install(self) -> None:
@@ -344,7 +345,9 @@ class _Patch:
             for slots, _ in sample:
                 p.visual[b, slots] = True
         p.original_visual = [int(p.visual[b].sum()) for b in range(B)]
-        p.record = {"tokens_in": p.original_visual, "stages": [], "layer_tokens": {0: valid.sum(1).tolist()}}
+        p.record = {"tokens_in": p.original_visual, "stages": [], "layer_tokens": {0: valid.sum(1).tolist()},
+                    "blocks": [[(slots.tolist(), grid) for slots, grid in sample] for sample in p.blocks]}
+        self.last_tokens = []
         self.stats.append(p.record)
         if not any(p.original_visual):
             if not self.warned:
@@ -387,8 +390,11 @@ class _Patch:
             raw = self._take(self.unpooled, grid[:1])
             share = None if stage.retention is None else _budget.tokens_for(stage.retention, slots.numel()) / raw.shape[:3].numel()
             tokens = compress(raw.to(x.dtype), stage.method.name, retention=share, **params)
+            self.last_tokens.append(tokens)
             return _plan_replacing(tokens, slots)
-        return _plan(compress(x, stage.method.name, retention=stage.retention, **params), slots)
+        tokens = compress(x, stage.method.name, retention=stage.retention, **params)
+        self.last_tokens.append(tokens)
+        return _plan(tokens, slots)
 
     def _entry_positions(self, rw: Rewrite, position_ids, valid: torch.Tensor, mode: str):
         contiguous = (rw.valid.long().cumsum(1) - 1).clamp_min(0)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from . import checks
+from . import checks, flops
 from .models import ADAPTERS
 from .patch import Handle, apply
 from .prompt import Prompter
@@ -60,10 +60,18 @@ class Pipeline:
     def __init__(self, model, tokenizer, source: str | None, method: str | None, retention, frames: int, params: dict):
         self.model, self.tokenizer, self.source = model, tokenizer, source
         self.frames = checks.integer("frames", frames, 1)
-        self.method, self.retention = method, retention
         self.prompter = Prompter(model, tokenizer, source)
-        self.handle: Handle | None = apply(model, method, retention=retention, **params) if method else None
+        self.handle: Handle | None = None
         self.device = next(model.parameters()).device
+        self.use(method, retention, **params)
+
+    def use(self, method: str | None, retention=None, **params: Any) -> Pipeline:
+        """Switch the compression (None: the model as loaded); returns the pipeline."""
+        self.close()
+        self.method, self.retention = method, retention
+        if method is not None:
+            self.handle = apply(self.model, method, retention=retention, **params)
+        return self
 
     def close(self) -> None:
         """Undo the compression (the model is exactly as loaded again)."""
@@ -84,8 +92,42 @@ class Pipeline:
         """Answer ``question`` about ``video`` (a path, or a loaded :class:`framepress.video.Video`)."""
         question = _check_question(question)
         video = self.load_video(video, frames)
-        inputs = self._to_device(self.prompter.inputs(video.frames, question, video.fps))
+        inputs = self._to_device(self.prompter.inputs(video.frames, question, sampled_fps(video)))
         return self._generate(inputs, inputs["input_ids"].shape[1], max_new_tokens, generate_kwargs)
+
+    def kept(self, video, frames: int | None = None, question: str = "describe the video"):
+        """The tokens the method keeps of ``video`` (one prefill, no generation), as a :class:`framepress.Tokens`
+        over the video's grid. An in-LLM stage's choice is shown as kept tokens (its merges are not drawn)."""
+        video = self.load_video(video, frames)
+        if self.handle is None:
+            raise ValueError("no method is applied: nothing to show")
+        inputs = self._to_device(self.prompter.inputs(video.frames, question, sampled_fps(video)))
+        with torch.no_grad():
+            self.model(**inputs)
+        patch = self.handle._patch
+        record = self.handle.stats[-1]
+        if patch.last_tokens and all(s["stage"].endswith("pre-LLM") for s in record["stages"]):
+            return video, patch.last_tokens[0]
+        slots, grid = record["blocks"][0][0]
+        slots = torch.tensor(slots)
+        kept = torch.tensor(record["stages"][-1]["kept"][0])
+        visual = torch.isin(kept, slots)
+        index = torch.searchsorted(slots, kept[visual])
+        from .tokens import Tokens
+
+        return video, Tokens.select(torch.zeros(*grid, 1), index.sort().values)
+
+    def show(self, video, path=None, frames: int | None = None, **sheet):
+        """A contact sheet of the sampled frames with the kept tokens drawn on them (:mod:`framepress.show`)."""
+        from .show import contact_sheet, save_contact_sheet
+
+        video, tokens = self.kept(video, frames)
+        title = sheet.pop("title", None) or (
+            f"{self.method}, retention {self.retention}: {len(tokens)} of {tokens.num_input} tokens"
+        )
+        if path is not None:
+            return save_contact_sheet(path, video.frames, tokens, title=title, **sheet)
+        return contact_sheet(video.frames, tokens, title=title, **sheet)
 
     def chat(self, video, frames: int | None = None) -> Chat:
         """A session of questions about one video; the compressed prefix is reused when the method allows."""
@@ -121,12 +163,13 @@ class Pipeline:
             "new_tokens": int(out.shape[1]),
             "peak_memory_mb": round(_peak_memory_mb(self.device), 1),
         }
-        stats.update(self._compression_stats())
+        stats.update(self._compression_stats(prompt_length))
         return Answer(text, stats)
 
-    def _compression_stats(self) -> dict[str, Any]:
+    def _compression_stats(self, prompt_length: int) -> dict[str, Any]:
         if self.handle is None or not self.handle.stats:
-            return {"method": None}
+            llm = flops.LLM.from_config(self.model.config)
+            return {"method": None, "llm_prefill_flops": flops.prefill_flops([prompt_length] * llm.layers, llm)}
         record = self.handle.stats[-1]
         visual_in = record["tokens_in"][0]
         stages = record["stages"]
@@ -147,7 +190,7 @@ class Chat:
 
     def __init__(self, pipeline: Pipeline, video):
         self.pipeline, self.video = pipeline, video
-        prefix, self.tail = pipeline.prompter.split(video.frames, video.fps)
+        prefix, self.tail = pipeline.prompter.split(video.frames, sampled_fps(video))
         start = time.perf_counter()
         self.session = Session(pipeline.model, pipeline._to_device(prefix))
         self.prefill_s = time.perf_counter() - start
@@ -159,9 +202,18 @@ class Chat:
     def ask(self, question: str, max_new_tokens: int = 64, **generate_kwargs) -> Answer:
         question = _check_question(question)
         ids = self.pipeline.prompter.question_ids(question, self.tail).to(self.pipeline.device)
-        answer = self.pipeline._generate({}, 0, max_new_tokens, generate_kwargs, session=self.session, question=ids)
+        length = self.session.prefix["input_ids"].shape[1] + ids.numel()
+        answer = self.pipeline._generate({}, length, max_new_tokens, generate_kwargs, session=self.session, question=ids)
         answer.stats["prefix_reused"] = self.session.reuse
         return answer
+
+
+def sampled_fps(video) -> float | None:
+    """Frames per second of the sampled frames (what a Qwen processor's ``fps`` means), from their timestamps."""
+    stamps = getattr(video, "timestamps", None)
+    if stamps is not None and len(stamps) > 1 and stamps[-1] > stamps[0]:
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return getattr(video, "fps", None)
 
 
 def _check_question(question: Any) -> str:

@@ -1,0 +1,110 @@
+"""``framepress demo``: the whole path — video file, decoding, compression, a model, an answer, pictures — on a
+synthetic clip and a tiny model built from config, with nothing to download.
+
+The tiny model's weights are random, so its answers are meaningless text; the token counts, positions, times and
+FLOPs are real measurements of this machine and this (tiny) architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from . import registry
+from .models.tiny import save_tiny_checkpoint
+from .pipeline import load
+from .synth import demo_video
+
+QUESTION = "what color is the shape that appears briefly"
+RETENTIONS = (0.5, 0.25, 0.1)
+
+
+def write_video(path: Path, frames, fps: float = 8.0) -> Path:
+    """Encode uint8 RGB frames [F, H, W, 3] as H.264 MP4 with PyAV, atomically."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        with av.open(tmp, mode="w") as container:
+            stream = container.add_stream("libx264", rate=int(fps))
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def settings() -> list[tuple[str, object, dict, float]]:
+    """(method, retention, params, share entering the LLM) of the demo: every method by name at a few retentions; a method with an
+    in-LLM part runs it at layer 2 of the tiny model ("A%/B%"), an in-LLM method at its layer or 2."""
+    runs = []
+    for name in registry.names():
+        spec = registry.get(name)
+        if name.startswith("test_") or any(s.inner and s.inner[0] == name for s in map(registry.get, registry.names())):
+            continue  # an in-LLM part runs with its pre-LLM method
+        for r in RETENTIONS:
+            if spec.inner:
+                runs.append((name, f"{r:.0%}/{r / 2:.1%}", {"inner_layer": 2}, r))
+            elif spec.stage == "in-llm":
+                runs.append((name, r, {"layer": min(spec.default_layer, 2)}, r))
+            else:
+                runs.append((name, r, {}, r))
+    return runs
+
+
+def run_demo(out: Path, frames: int = 16, json_output: bool = False) -> int:
+    out = Path(out)
+    video_path = write_video(out / "demo.mp4", demo_video(frames, 112))
+    model_dir = save_tiny_checkpoint(out / "tiny-model")
+    say = (lambda *a: None) if json_output else (lambda *a: print(*a, file=sys.stderr))
+    say(f"video: {video_path} ({frames} frames, synthetic: moving shapes, a scene cut, a small square in 2 frames)")
+    say(f"model: {model_dir} (a tiny LLaVA-OneVision built from config; its weights are random, so its answers "
+        "are meaningless text)")
+    pipe = load(model_dir, frames=frames)
+    from .video import load_video
+
+    video = load_video(video_path, num_frames=frames)
+    rows = [{**_ask(pipe, video), "method": "none", "retention": 1.0}]
+    for name, retention, params, share in settings():
+        try:
+            pipe.use(name, retention, **params)
+            rows.append({**_ask(pipe, video), "method": name, "retention": retention})
+            if share == RETENTIONS[1]:
+                pipe.show(video, out / f"show_{name}.png", cell=128)
+        except ValueError as exc:
+            rows.append({"method": name, "retention": retention, "error": str(exc)})
+        finally:
+            pipe.close()
+    if json_output:
+        print(json.dumps(rows, default=str, indent=1))
+        return 0
+    header = f"{'method':<13}{'retention':>11}{'tokens in':>11}{'out':>6}{'TTFT ms':>10}{'LLM MFLOPs':>12}  answer"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if "error" in r:
+            print(f"{r['method']:<13}{r['retention']!s:>11}  n/a: {r['error']}")
+            continue
+        print(f"{r['method']:<13}{r['retention']!s:>11}{r.get('visual_tokens_in', '-')!s:>11}"
+              f"{r.get('visual_tokens_out', '-')!s:>6}{1000 * r['ttft_s']:>10.1f}"
+              f"{r.get('llm_prefill_flops', 0) / 1e6:>12.1f}  {r['answer']!r}")
+    say(f"pictures of what each method kept: {out}/show_<method>.png")
+    return 0
+
+
+def _ask(pipe, video) -> dict:
+    answer = pipe.ask(video, QUESTION, max_new_tokens=4)
+    return {"answer": answer.text, **answer.stats}
