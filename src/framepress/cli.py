@@ -193,8 +193,10 @@ def _retention(text: str | None):
 def _pipeline(args):
     from .pipeline import load
 
-    return load(args.model, args.method, _retention(args.retention), frames=args.frames, device=args.device,
+    pipe = load(args.model, args.method, _retention(args.retention), frames=args.frames, device=args.device,
                 dtype=args.dtype, **dict(args.param or []))
+    pipe.progress = not args.json
+    return pipe
 
 
 def _stats_lines(stats: dict) -> list[str]:

@@ -35,14 +35,20 @@ class Answer:
 
 
 class _FirstToken:
-    """A logits processor that notes when the first token's logits are ready (prefill done)."""
+    """A logits processor that notes when the first token's logits are ready (encoding and prefill done) and,
+    with a progress bar, ticks once a token."""
 
-    def __init__(self):
+    def __init__(self, bar=None):
         self.at: float | None = None
+        self.bar = bar
 
     def __call__(self, input_ids, scores):
         if self.at is None:
             self.at = time.perf_counter()
+            if self.bar is not None:
+                self.bar.set_description("generating")
+        if self.bar is not None:
+            self.bar.update(1)
         return scores
 
 
@@ -60,6 +66,7 @@ class Pipeline:
     def __init__(self, model, tokenizer, source: str | None, method: str | None, retention, frames: int, params: dict):
         self.model, self.tokenizer, self.source = model, tokenizer, source
         self.frames = checks.integer("frames", frames, 1)
+        self.progress = False  # progress bars (the command line turns them on)
         self.prompter = Prompter(model, tokenizer, source)
         self.handle: Handle | None = None
         self.device = next(model.parameters()).device
@@ -143,8 +150,14 @@ class Pipeline:
         return out
 
     def _generate(self, inputs: dict, prompt_length: int, max_new_tokens: int, kwargs: dict, session: Session | None = None, question=None) -> Answer:
-        marker = _FirstToken()
-        kwargs = dict(kwargs, max_new_tokens=checks.integer("max_new_tokens", max_new_tokens, 1))
+        max_new_tokens = checks.integer("max_new_tokens", max_new_tokens, 1)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=max_new_tokens, desc="encoding + prefill", unit="tok", leave=False)
+        marker = _FirstToken(bar)
+        kwargs = dict(kwargs, max_new_tokens=max_new_tokens)
         kwargs.setdefault("do_sample", False)
         kwargs["logits_processor"] = [*kwargs.get("logits_processor", []), marker]
         if self.device.type == "cuda":
@@ -156,6 +169,8 @@ class Pipeline:
             else:
                 out = session.ask(question, **kwargs)
         total = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
         text = self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
         stats = {
             "ttft_s": round((marker.at or time.perf_counter()) - start, 4),
