@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import checks
+from .files import atomic
 from .tokens import Tokens
 
 
@@ -83,15 +83,8 @@ def save_tokens(path: str | os.PathLike, tokens: Tokens) -> None:
         "source": tokens.source.cpu(),
         "grid": torch.tensor(tokens.grid),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={k: str(v) for k, v in tokens.info.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in tokens.info.items()})
 
 
 def synthetic(

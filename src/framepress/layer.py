@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-
 HEADS = ("mean", "max")
 
 

@@ -313,7 +313,6 @@ class _Patch:
             self.captured["video_grid_thw"] = kwargs["video_grid_thw"]
         self.captured["input_ids"] = ids
         self.captured["inputs_embeds"] = embeds if ids is None else None
-        return None
 
     # the language model's entry -----------------------------------------------------------------------------
     def _on_lm(self, module, args, kwargs):
@@ -451,13 +450,13 @@ class _Patch:
         """Keep what layer K-1's attention needs for signals (the normalized input, rotary tables, validity)."""
         p = self.current
         if p.valid is None or not any(s.layer == i + 1 for s in self.stages):
-            return None
+            return
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         if hidden is None or not _prefill(kwargs.get("past_key_values"), i) or hidden.shape[1] != p.valid.shape[1]:
-            return None
+            return
         cos, sin = kwargs["position_embeddings"]
         p.signal[i + 1] = (module, hidden, cos, sin, p.valid)
-        return None
+        return
 
     def _on_layer(self, i: int, module, args, kwargs):
         p = self.current

@@ -52,6 +52,19 @@ class _FirstToken:
         return scores
 
 
+class _Force:
+    """A logits processor that makes generation follow ``targets``, one token a step (scoring a continuation)."""
+
+    def __init__(self, targets: list[int]):
+        self.targets, self.step = targets, 0
+
+    def __call__(self, input_ids, scores):
+        forced = torch.full_like(scores, float("-inf"))
+        forced[:, self.targets[min(self.step, len(self.targets) - 1)]] = 0
+        self.step += 1
+        return forced
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -102,6 +115,24 @@ class Pipeline:
         inputs = self._to_device(self.prompter.inputs(video.frames, question, sampled_fps(video)))
         return self._generate(inputs, inputs["input_ids"].shape[1], max_new_tokens, generate_kwargs)
 
+    def score(self, video, question: str, continuation: str, frames: int | None = None) -> Answer:
+        """The log-likelihood of ``continuation`` as the answer to ``question`` (multiple-choice scoring).
+
+        The continuation is fed the way generation would produce it — the compressed prompt prefilled, then one
+        decode step a token — so a question-aware stage sees the question, never the candidate answer. The
+        answer's text is the continuation; ``stats`` adds ``logprob`` (the sum over its tokens) and ``greedy``
+        (whether greedy decoding would have produced it).
+        """
+        question = _check_question(question)
+        if not isinstance(continuation, str) or not continuation:
+            raise ValueError(f"continuation must be a non-empty string, got {continuation!r}")
+        targets = self.tokenizer(continuation, add_special_tokens=False).input_ids
+        if not targets:
+            raise ValueError(f"continuation {continuation!r} encodes to no tokens")
+        video = self.load_video(video, frames)
+        inputs = self._to_device(self.prompter.inputs(video.frames, question, sampled_fps(video)))
+        return self._generate(inputs, inputs["input_ids"].shape[1], len(targets), {}, force=targets)
+
     def kept(self, video, frames: int | None = None, question: str = "describe the video"):
         """The tokens the method keeps of ``video`` (one prefill, no generation), as a :class:`framepress.Tokens`
         over the video's grid. An in-LLM stage's choice is shown as kept tokens (its merges are not drawn)."""
@@ -149,7 +180,10 @@ class Pipeline:
             out[k] = v
         return out
 
-    def _generate(self, inputs: dict, prompt_length: int, max_new_tokens: int, kwargs: dict, session: Session | None = None, question=None) -> Answer:
+    def _generate(
+        self, inputs: dict, prompt_length: int, max_new_tokens: int, kwargs: dict, session: Session | None = None,
+        question=None, force: list[int] | None = None,
+    ) -> Answer:
         max_new_tokens = checks.integer("max_new_tokens", max_new_tokens, 1)
         bar = None
         if self.progress:
@@ -160,25 +194,36 @@ class Pipeline:
         kwargs = dict(kwargs, max_new_tokens=max_new_tokens)
         kwargs.setdefault("do_sample", False)
         kwargs["logits_processor"] = [*kwargs.get("logits_processor", []), marker]
+        if force is not None:
+            kwargs["logits_processor"].append(_Force(force))
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
         with torch.no_grad():
             if session is None:
-                out = self.model.generate(**inputs, **kwargs)[:, prompt_length:]
+                out = self.model.generate(**inputs, **kwargs)
             else:
                 out = session.ask(question, **kwargs)
         total = time.perf_counter() - start
         if bar is not None:
             bar.close()
+        scored = {}
+        if force is not None:
+            scored = _continuation_logprob(out.logits, force)
+            out = out.sequences
+        if session is None:
+            out = out[:, prompt_length:]
         text = self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
         stats = {
             "ttft_s": round((marker.at or time.perf_counter()) - start, 4),
             "total_s": round(total, 4),
+            "prompt_tokens": int(prompt_length),
             "new_tokens": int(out.shape[1]),
             "peak_memory_mb": round(_peak_memory_mb(self.device), 1),
         }
         stats.update(self._compression_stats(prompt_length))
+        stats.update(scored)
         return Answer(text, stats)
 
     def _compression_stats(self, prompt_length: int) -> dict[str, Any]:
@@ -221,6 +266,18 @@ class Chat:
         answer = self.pipeline._generate({}, length, max_new_tokens, generate_kwargs, session=self.session, question=ids)
         answer.stats["prefix_reused"] = self.session.reuse
         return answer
+
+
+def _continuation_logprob(logits: tuple[torch.Tensor, ...], targets: list[int]) -> dict[str, Any]:
+    """Sum of log-probabilities of ``targets`` under the raw logits of each decode step, and whether every one was
+    the greedy choice."""
+    if len(logits) != len(targets):
+        raise ValueError(f"the continuation's {len(targets)} tokens were scored over {len(logits)} steps "
+                         "(an end-of-sequence token inside the continuation stops generation)")
+    steps = torch.stack([step[0].float() for step in logits])
+    target = torch.tensor(targets, device=steps.device)
+    logprob = steps.log_softmax(-1).gather(1, target[:, None]).sum()
+    return {"logprob": float(logprob), "greedy": bool((steps.argmax(-1) == target).all())}
 
 
 def sampled_fps(video) -> float | None:

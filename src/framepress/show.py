@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .files import atomic
 from .tokens import Tokens
 
 MARGIN = 8
@@ -239,16 +239,8 @@ def save_contact_sheet(path: str | os.PathLike, frames, tokens: Tokens, **kw) ->
             "(use e.g. .png or .jpg)"
         )
     image = contact_sheet(frames, tokens, **kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format=fmt)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic(path) as tmp, open(tmp, "wb") as handle:
+        image.save(handle, format=fmt)
     return path
 
 

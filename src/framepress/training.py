@@ -1,0 +1,269 @@
+"""Train the packaged tiny Video-LLM on :mod:`framepress.synth` questions (the recipe of docs/quality.md).
+
+``python -m framepress.training --out DIR`` trains the LLaVA-OneVision architecture at toy size (:func:`config`)
+from random weights, with a fixed seed, and writes a checkpoint folder that loads with ``from_pretrained``.
+
+So that compression methods can be measured on it, the model is trained under what they do to its input:
+each batch keeps all video tokens or drops a random share of them (keeping 1% to 100%, log-uniform), drops
+whole frames, or averages adjacent frames' tokens (temporal merging), and gives the kept tokens either their
+original position ids or contiguous re-assigned ones (STTM's default). Frame counts vary (8 to 16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import synth
+from .models.tiny import BOS, EOS, IMAGE, PAD, VIDEO, tiny_tokenizer
+from .prompt import CLIP_MEAN, CLIP_STD
+
+#: frame side in pixels and the vision patch: 12x12 patches, 6x6 tokens a frame after LLaVA's 2x2 pooling
+SIZE, PATCH = 96, 8
+FRAMES = 16
+IM_END = 249
+
+
+def config():
+    """The packaged model's architecture: SigLIP 96 px / patch 8 (hidden 96 x 2 layers), qwen2 hidden 128 x 4."""
+    import transformers as tf
+
+    return tf.LlavaOnevisionConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=96, intermediate_size=192, num_hidden_layers=2,
+            num_attention_heads=4, image_size=SIZE, patch_size=PATCH, vision_use_head=False,
+        ),
+        text_config=dict(
+            model_type="qwen2", num_hidden_layers=4, vocab_size=256, hidden_size=128, intermediate_size=384,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+            bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+        ),
+        image_token_index=IMAGE,
+        video_token_index=VIDEO,
+        image_grid_pinpoints=[[SIZE, SIZE]],
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+
+
+def pixels(frames: np.ndarray) -> torch.Tensor:
+    """[F, S, S, 3] uint8 at the model's size -> [F, 3, S, S] normalized as the pipeline does (CLIP mean/std)."""
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return (torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255 - mean) / std
+
+
+class Prompts:
+    """Token ids around the video for each question, rendered with the checkpoint's chat template."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.cache: dict[str, tuple[list[int], list[int]]] = {}
+
+    def around(self, question: str) -> tuple[list[int], list[int]]:
+        if question not in self.cache:
+            messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            at = ids.index(VIDEO)
+            self.cache[question] = ids[:at], ids[at + 1 :]
+        return self.cache[question]
+
+    def answer(self, word: str) -> int:
+        return self.tokenizer.convert_tokens_to_ids(word)
+
+
+def reduce_tokens(
+    features: torch.Tensor, frames: int, mode: str, keep: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a compression method might leave of the video tokens [B, F*P + 1, D] (the last: LLaVA's newline).
+
+    Returns the kept features [B, K + 1, D] and each kept token's index in the full video block [B, K + 1]
+    (a merged token takes its first member's index), in video order.
+    """
+    B, N, D = features.shape
+    grid, newline = features[:, :-1], features[:, -1:]
+    per_frame = grid.shape[1] // frames
+    index = torch.arange(grid.shape[1]).expand(B, -1)
+    if mode == "merge":  # average pairs of adjacent frames (a trailing odd frame stays alone)
+        pairs = frames // 2
+        head = grid[:, : pairs * 2 * per_frame].view(B, pairs, 2, per_frame, D).mean(2).reshape(B, -1, D)
+        grid = torch.cat([head, grid[:, pairs * 2 * per_frame :]], 1)
+        index = torch.cat(
+            [index[:, : pairs * 2 * per_frame].view(B, pairs, 2, per_frame)[:, :, 0].reshape(B, -1),
+             index[:, pairs * 2 * per_frame :]], 1,
+        )
+    count = grid.shape[1]
+    kept = max(1, round(keep * count))
+    if mode == "frames":
+        frames_left = count // per_frame
+        chosen = torch.rand(B, frames_left, generator=generator).argsort(1)[:, : max(1, round(keep * frames_left))]
+        rows = (chosen[:, :, None] * per_frame + torch.arange(per_frame)).reshape(B, -1)
+    else:
+        rows = torch.rand(B, count, generator=generator).argsort(1)[:, :kept]
+    rows = rows.sort(1).values
+    grid = grid.gather(1, rows[:, :, None].expand(-1, -1, D))
+    index = index.gather(1, rows)
+    return torch.cat([grid, newline], 1), torch.cat([index, torch.full((B, 1), N - 1)], 1)
+
+
+def sequences(model, prompts: Prompts, items: list[synth.Item], mode: str, keep: float, original: bool,
+              generator: torch.Generator):
+    """inputs_embeds, attention_mask, position_ids and labels of a batch (right-padded; loss on the answer and
+    the end of turn)."""
+    video = torch.stack([pixels(it.frames) for it in items])
+    features = model.model.get_video_features(
+        video, vision_feature_layer=-1, vision_feature_select_strategy="full"
+    ).pooler_output
+    full = features.shape[1]
+    visual, where = reduce_tokens(features, video.shape[1], mode, keep, generator)
+    embed = model.get_input_embeddings()
+    rows, positions, labels = [], [], []
+    for b, item in enumerate(items):
+        before, after = prompts.around(item.question)
+        target = [prompts.answer(item.answer), IM_END]
+        text_after = torch.tensor(after + target)
+        parts = [embed(torch.tensor(before)), visual[b], embed(text_after)]
+        rows.append(torch.cat(parts))
+        if original:
+            pos = torch.cat([torch.arange(len(before)), len(before) + where[b],
+                             len(before) + full + torch.arange(len(text_after))])
+        else:
+            pos = torch.arange(rows[-1].shape[0])
+        positions.append(pos)
+        label = torch.full((rows[-1].shape[0],), -100)
+        label[-len(target) - 1 : -1] = torch.tensor(target)  # predicted from the token before each
+        labels.append(label)
+    width = max(r.shape[0] for r in rows)
+    D = rows[0].shape[1]
+    embeds = torch.zeros(len(rows), width, D)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    pos = torch.zeros(len(rows), width, dtype=torch.long)
+    lab = torch.full((len(rows), width), -100)
+    for b, (r, p, l) in enumerate(zip(rows, positions, labels)):
+        embeds[b, : r.shape[0]], mask[b, : r.shape[0]], pos[b, : r.shape[0]], lab[b, : r.shape[0]] = r, 1, p, l
+    return embeds, mask, pos, lab
+
+
+def loss_and_hits(model, embeds, mask, pos, labels):
+    out = model.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos)
+    logits = model.lm_head(out.last_hidden_state[:, :-1])
+    target = labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+    answer_at = (target != -100).float().argmax(1)  # the first labelled position: the answer word
+    rows = torch.arange(target.shape[0])
+    hits = logits[rows, answer_at].argmax(-1) == target[rows, answer_at]
+    return loss, hits
+
+
+def draw_batch(rng: np.random.Generator, batch: int, frames: int, kinds) -> list[synth.Item]:
+    picks = rng.integers(0, len(kinds), batch)
+    indices = rng.integers(0, 2**31, batch)
+    return [synth.generate(kinds[k], int(i), split="train", frames=frames, size=SIZE) for k, i in zip(picks, indices)]
+
+
+def schedule(rng: np.random.Generator) -> tuple[str, float, bool, int]:
+    """(mode, keep, original positions, frames) of one batch."""
+    frames = int(rng.choice([8, 12, 16, 16, 16]))
+    mode = str(rng.choice(["all", "tokens", "tokens", "frames", "merge"], p=[0.25, 0.25, 0.25, 0.1, 0.15]))
+    keep = 1.0 if mode == "all" else float(math.exp(rng.uniform(math.log(0.01), 0.0)))
+    if mode == "merge":
+        keep = 1.0 if rng.random() < 0.5 else keep
+    return mode, keep, bool(rng.random() < 0.5), frames
+
+
+@torch.no_grad()
+def evaluate(model, prompts: Prompts, per_kind: int, mode: str = "all", keep: float = 1.0, original: bool = True,
+             batch: int = 50, kinds=tuple(synth.KINDS)) -> dict[str, float]:
+    """Held-out accuracy per kind (first answer token, greedy) with the training-time reductions."""
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    result = {}
+    for kind in kinds:
+        hits = []
+        test = synth.test_set(kind, per_kind, frames=FRAMES, size=SIZE)
+        for i in range(0, len(test), batch):
+            embeds, mask, pos, labels = sequences(model, prompts, test[i : i + batch], mode, keep, original, generator)
+            hits.append(loss_and_hits(model, embeds, mask, pos, labels)[1])
+        result[kind] = torch.cat(hits).float().mean().item()
+    model.train()
+    return result
+
+
+def train(out: Path, steps: int, batch: int = 32, lr: float = 1e-3, warmup: int = 100, seed: int = 0,
+          threads: int | None = None, eval_every: int = 500, log=print) -> Path:
+    """Train from random weights for ``steps`` batches and save the checkpoint folder ``out``."""
+    import transformers as tf
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    cfg = config()
+    cfg._attn_implementation = "sdpa"
+    model = tf.LlavaOnevisionForConditionalGeneration(cfg).train()
+    tokenizer = tiny_tokenizer()
+    prompts = Prompts(tokenizer)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    decay = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    )
+    kinds = tuple(synth.KINDS)
+    start, history = time.time(), []
+    running = None
+    for step in range(1, steps + 1):
+        mode, keep, original, frames = schedule(rng)
+        items = draw_batch(rng, batch, frames, kinds)
+        embeds, mask, pos, labels = sequences(model, prompts, items, mode, keep, original, generator)
+        loss, hits = loss_and_hits(model, embeds, mask, pos, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        decay.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0 or step == steps:
+            log(f"step {step}/{steps} loss {running:.3f} acc {hits.float().mean():.2f} "
+                f"{step * batch / (time.time() - start):.1f} samples/s "
+                f"{time.time() - start:.0f}s")
+        if eval_every and (step % eval_every == 0 or step == steps):
+            accuracy = evaluate(model, prompts, 40)
+            history.append({"step": step, "seconds": round(time.time() - start), "accuracy": accuracy})
+            log(f"eval {step}: " + " ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
+    save(model, tokenizer, out, {"steps": steps, "batch": batch, "lr": lr, "warmup": warmup, "seed": seed,
+                                 "seconds": round(time.time() - start), "history": history})
+    return out
+
+
+def save(model, tokenizer, out: Path, recipe: dict) -> None:
+    out = Path(out)
+    model.eval()
+    model.generation_config.eos_token_id = [IM_END, EOS]
+    model.generation_config.pad_token_id = PAD
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "training.json").write_text(json.dumps(recipe, indent=1) + "\n")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m framepress.training", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--eval-every", type=int, default=500)
+    args = parser.parse_args(argv)
+    train(args.out, args.steps, args.batch, args.lr, seed=args.seed, threads=args.threads, eval_every=args.eval_every)
+
+
+if __name__ == "__main__":
+    main()
