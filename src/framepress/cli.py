@@ -278,6 +278,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), frames=args.frames, json_output=args.json)
 
 
+def _csv(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .evaluation.report import parse_metric_options, write_report
+
+    page = write_report(args.results, args.out, parse_metric_options(args.metric))
+    print(f"wrote {page} and {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .evaluation import report, sweep
+
+    sweep.run(args.out, args.model, args.tasks, args.methods, args.retentions, frames=args.frames,
+              processes=args.num_processes, cpu=args.cpu, extra_args=args.model_args, limit=args.limit,
+              include_path=args.include_path, workdir=args.workdir, full=not args.no_full)
+    page = report.write_report([args.out], Path(args.out) / "report")
+    print(f"sweep done: {args.out}; report: {page}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="framepress",
@@ -319,6 +345,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_demo)
 
+    p = sub.add_parser("report", help="tables and plots from lmms-eval result folders",
+                       description="Per benchmark: accuracy, accuracy relative to the full-token run, retention "
+                       "(A%%/B%% where in-LLM stages cut further), LLM prefill FLOPs and TTFT per method, and plots of "
+                       "accuracy vs retention and vs FLOPs (PNG, and a self-contained HTML page).")
+    p.add_argument("results", nargs="+", help="lmms-eval output folders (searched for *_results.json)")
+    p.add_argument("-o", "--out", required=True, help="folder for report.html, report.md and the PNG plots")
+    p.add_argument("--metric", action="append", metavar="TASK=METRIC", help="the metric to report for a task")
+    p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("sweep", help="methods x retentions x benchmarks through lmms-eval, resumable",
+                       description="Run every (benchmark, method, retention) cell and the full-token run of each "
+                       "benchmark through lmms-eval with the framepress plugin; finished cells are never rerun and "
+                       "an interrupted cell resumes from its journal. Needs framepress[eval].")
+    p.add_argument("--model", required=True, help="hub id or checkpoint folder")
+    p.add_argument("--methods", type=_csv, required=True, help="comma-separated method names")
+    p.add_argument("--retentions", type=_csv, required=True, help='comma-separated retentions, e.g. 0.5,0.1,"10%%/5%%"')
+    p.add_argument("--tasks", type=_csv, required=True, help="comma-separated lmms-eval tasks")
+    p.add_argument("--out", required=True, help="sweep folder (cells, then report/)")
+    p.add_argument("--frames", type=_positive, default=32)
+    p.add_argument("--num-processes", type=_positive, default=1, help="data-parallel processes (accelerate launch)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU (with --num-processes: gloo processes)")
+    p.add_argument("--model-args", help="extra model_args for every cell, e.g. dtype=bfloat16")
+    p.add_argument("--limit", type=_positive, help="samples per task (a quick look)")
+    p.add_argument("--include-path", help="folder of extra lmms-eval task YAMLs")
+    p.add_argument("--workdir", help="working directory of the lmms-eval runs (local tasks' data files are relative to it)")
+    p.add_argument("--no-full", action="store_true", help="skip the full-token runs")
+    p.set_defaults(run=cmd_sweep)
+
     p = sub.add_parser(
         "compress",
         help="compress a features file with one or more methods and print tokens in/out and time",
@@ -350,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         print(f"framepress {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -241,6 +241,9 @@ class FramepressLMM(lmms):
         return results
 
     def loglikelihood(self, requests) -> list[GenerationResult]:
+        """(loss, is_greedy) per request, lmms-eval's convention: the loss is the mean negative log-likelihood of the
+        continuation's tokens (lmms-eval's multiple-choice metric takes the argmin, like its built-in models'
+        losses); the summed log-likelihood is logged as ``logprob``."""
         results = []
         for request in self._bar(requests, "framepress loglikelihood"):
             context, target, doc_to_visual, doc_id, task, split = request.args
@@ -252,12 +255,12 @@ class FramepressLMM(lmms):
             def compute():
                 video = self._video(doc_to_visual(doc), task, doc_id)
                 scored = self.pipeline.score(video, context, str(continuation))
-                return {"logprob": scored.stats["logprob"], "greedy": scored.stats["greedy"],
-                        "stats": _public_stats(scored.stats)}
+                loss = -scored.stats["logprob"] / scored.stats["new_tokens"]
+                return {"loss": loss, "greedy": scored.stats["greedy"], "stats": _public_stats(scored.stats)}
 
             record = self._run(self._key("loglikelihood", task, split, doc_id, context, continuation), compute)
             # lmms-eval stringifies a bare tuple; inside a GenerationResult it reaches the metric as is
-            results.append(GenerationResult(text=(record["logprob"], record["greedy"]), token_counts=_counts(record)))
+            results.append(GenerationResult(text=(record["loss"], record["greedy"]), token_counts=_counts(record)))
         return results
 
     def generate_until_multi_round(self, requests) -> list[GenerationResult]:
