@@ -44,6 +44,7 @@ class Row:
     metric: str
     score: float
     source: Path
+    percent: bool = False
     stats: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -70,7 +71,7 @@ def parse_model_args(text: str) -> dict[str, str]:
     return args
 
 
-def _pick_metric(task: str, values: dict[str, Any], chosen: dict[str, str]) -> tuple[str, float] | None:
+def _pick_metric(task: str, values: dict[str, Any], chosen: dict[str, str]) -> tuple[str, float, bool] | None:
     numbers = {}
     for key, value in values.items():
         name = key.split(",")[0]
@@ -86,7 +87,7 @@ def _pick_metric(task: str, values: dict[str, Any], chosen: dict[str, str]) -> t
     else:
         name = next((m for m in PREFERRED if m in numbers), next(iter(numbers)))
     value = numbers[name]
-    return name, value * 100 if 0 <= value <= 1 else value
+    return name, value * 100 if 0 <= value <= 1 else value, 0 <= value <= 1
 
 
 def _samples_stats(files: list[Path]) -> dict[str, float]:
@@ -157,7 +158,8 @@ def collect(folders: list[str | Path], metrics: dict[str, str] | None = None) ->
                 key = (model, method, retention, task)
                 if key in rows and stamps[key] > stamp:
                     continue
-                rows[key] = Row(model, method, retention, task, picked[0], picked[1], file, _samples_stats(samples))
+                rows[key] = Row(model, method, retention, task, picked[0], picked[1], file, picked[2],
+                                _samples_stats(samples))
                 stamps[key] = stamp
     if not rows:
         raise ReportError(f"no task scores found in {', '.join(map(str, folders))}")
@@ -168,6 +170,18 @@ def _leaves(task: str, groups: dict[str, list[str]]) -> list[str]:
     if not groups.get(task):
         return [task]
     return [leaf for sub in groups[task] for leaf in _leaves(sub, groups)]
+
+
+def _flops_text(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.3g}"
+
+
+def _flops_unit(values: list[float]) -> tuple[str, float]:
+    top = max(values, default=1e12)
+    return next(((u, s) for u, s in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6)) if top >= s), ("FLOPs", 1.0))
 
 
 def _percent(x: float | None) -> str:
@@ -195,7 +209,7 @@ def table(rows: list[Row]) -> list[dict[str, str]]:
             "kept": kept_text(r),
             r.metric: f"{r.score:.1f}",
             "vs full": f"{100 * r.score / full.score:.1f}%" if full and full.score else "—",
-            "LLM prefill TFLOPs": "—" if flops is None else f"{flops / 1e12:.4g}",
+            "LLM prefill FLOPs": "—" if flops is None else _flops_text(flops),
             "TTFT (s)": "—" if "prefill_s" not in r.stats else f"{r.stats['prefill_s']:.3g}",
             "peak MB": "—" if "peak_memory_mb" not in r.stats else f"{r.stats['peak_memory_mb']:.0f}",
         })
@@ -225,18 +239,20 @@ def plot(rows: list[Row], x: str, title: str) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     by_method: dict[str, list[Row]] = defaultdict(list)
     for r in rows:
         by_method[r.method].append(r)
     full = by_method.pop("full", [None])[0]
+    unit, scale = _flops_unit([r.stats["llm_prefill_flops"] for r in rows if "llm_prefill_flops" in r.stats])
 
     def xvalue(r: Row) -> float | None:
         if x == "retention":
             return 100 * r.retention_value()
         flops = r.stats.get("llm_prefill_flops")
-        return None if flops is None else flops / 1e12
+        return None if flops is None else flops / scale
 
     for method, points in sorted(by_method.items()):
         points = sorted((p for p in points if xvalue(p) is not None), key=xvalue)
@@ -247,8 +263,9 @@ def plot(rows: list[Row], x: str, title: str) -> bytes:
         if x == "flops" and xvalue(full) is not None:
             axes.plot([xvalue(full)], [full.score], marker="*", markersize=11, color="0.3", linestyle="none")
     axes.set_xscale("log")
-    axes.set_xlabel("visual tokens kept (%)" if x == "retention" else "LLM prefill TFLOPs per sample")
-    axes.set_ylabel(rows[0].metric)
+    axes.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axes.set_xlabel("visual tokens kept (%)" if x == "retention" else f"LLM prefill {unit} per sample")
+    axes.set_ylabel(rows[0].metric + (" (%)" if rows[0].percent else ""))
     axes.set_title(title, fontsize=10)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
