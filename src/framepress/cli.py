@@ -166,15 +166,27 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_MODEL_NOTE = "a tiny LLaVA-OneVision built from config with random weights: its answers are meaningless text"
+def _default_model(args: argparse.Namespace) -> None:
+    """No --model: the packaged synthetic-domain model (said on stderr), at the 16 frames it was trained on."""
+    if args.model is None:
+        from . import packaged
+
+        args.model = str(packaged.path())
+        print(f"no --model: using {packaged.NOTE}", file=sys.stderr)
+        if args.frames is None:
+            args.frames = 16
+    if args.frames is None:
+        args.frames = 32
 
 
-def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required, help="hub id or local folder of a supported Video-LLM")
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="hub id or local folder of a supported Video-LLM (default: the packaged "
+                   "synthetic-domain model, which only knows clips of moving shapes)")
     p.add_argument("-m", "--method", help="compression method (framepress methods); none: the model as is")
     p.add_argument("-r", "--retention", help='share of visual tokens to keep: 0.3, "30%%", or "A%%/B%%"')
     p.add_argument("-p", "--param", type=_param, action="append", metavar="NAME=VALUE", help="method parameter (repeatable)")
-    p.add_argument("--frames", type=_positive, default=32, help="frames sampled uniformly from the video (default 32)")
+    p.add_argument("--frames", type=_positive, help="frames sampled uniformly from the video (default 32; 16 with the "
+                   "packaged model)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype")
     p.add_argument("--max-new-tokens", type=_positive, default=64)
@@ -193,6 +205,7 @@ def _retention(text: str | None):
 def _pipeline(args):
     from .pipeline import load
 
+    _default_model(args)
     pipe = load(args.model, args.method, _retention(args.retention), frames=args.frames, device=args.device,
                 dtype=args.dtype, **dict(args.param or []))
     pipe.progress = not args.json
@@ -258,13 +271,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     if args.method is None:
         raise ValueError("show needs --method")
-    if args.model is None:
-        import tempfile as _tempfile
-
-        from .models.tiny import save_tiny_checkpoint
-
-        args.model = str(save_tiny_checkpoint(Path(_tempfile.mkdtemp(prefix="framepress-tiny-"))))
-        print(f"no --model: using {DEMO_MODEL_NOTE}", file=sys.stderr)
     pipe = _pipeline(args)
     video = load_video(args.video, num_frames=args.frames, progress=not args.json)
     path = pipe.show(video, args.output, columns=args.columns, cell=args.cell)
@@ -304,6 +310,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_quality(args: argparse.Namespace) -> int:
+    from . import quality
+
+    command = "framepress bench-quality " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench-quality"] else \
+        "framepress bench-quality"
+    rows = quality.run(Path(args.out), per_kind=args.per_kind, methods=args.methods or quality.METHODS,
+                       retentions=args.retentions or quality.RETENTIONS, model_path=args.model, batch=args.batch,
+                       progress=not args.quiet, command=command.strip())
+    full = rows[0]["overall"]
+    print(f"full tokens: {100 * full:.1f}% overall; wrote {args.out} and its .png/.json")
+    return 0
+
+
+def _retentions(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"retentions must be numbers in (0, 1], got {text!r}") from None
+    if not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"retentions must be numbers in (0, 1], got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="framepress",
@@ -334,16 +363,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="picture to write (.png, .jpg, ...)")
     p.add_argument("--columns", type=_positive)
     p.add_argument("--cell", type=_positive, default=256, help="pixels per frame (default 256)")
-    _model_args(p, required=False)
+    _model_args(p)
     p.set_defaults(run=cmd_show)
 
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic video and a tiny model, no download",
-                       description=f"Generate a synthetic video, run every method at a few retentions on {DEMO_MODEL_NOTE}, "
+                       description="Generate a synthetic clip with a question whose answer is known, answer it with every method at a few "
+                       "retentions on the packaged synthetic-domain model (a toy model of moving shapes), "
                        "print tokens, times and FLOPs, and write the pictures of what each method kept.")
     p.add_argument("--out", default="framepress-demo", help="folder for the video and the pictures")
     p.add_argument("--frames", type=_positive, default=16)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("bench-quality", help="accuracy per question kind of every method, offline (packaged model)",
+                       description="Accuracy per question kind of every method at 50-1%% retention on the held-out "
+                       "synthetic test sets, with the packaged synthetic-domain model: a proxy for the papers' "
+                       "benchmarks, not a substitute. Writes a table (markdown), the numbers (.json) and a plot (.png).")
+    p.add_argument("--out", default="docs/quality.md", help="markdown file to write (default docs/quality.md)")
+    p.add_argument("--per-kind", type=_positive, default=300, help="held-out items per question kind (default 300)")
+    p.add_argument("--methods", type=_csv, help="comma-separated methods (default: all grid and in-LLM methods)")
+    p.add_argument("--retentions", type=_retentions, help="comma-separated retentions (default 0.5,0.3,0.1,0.05,0.02,0.01)")
+    p.add_argument("--model", help="another checkpoint folder trained by python -m framepress.training")
+    p.add_argument("--batch", type=_positive, default=50)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_bench_quality)
 
     p = sub.add_parser("report", help="tables and plots from lmms-eval result folders",
                        description="Per benchmark: accuracy, accuracy relative to the full-token run, retention "

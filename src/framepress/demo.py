@@ -1,8 +1,10 @@
 """``framepress demo``: the whole path — video file, decoding, compression, a model, an answer, pictures — on a
-synthetic clip and a tiny model built from config, with nothing to download.
+synthetic clip and the packaged synthetic-domain model, with nothing to download.
 
-The tiny model's weights are random, so its answers are meaningless text; the token counts, positions, times and
-FLOPs are real measurements of this machine and this (tiny) architecture.
+The clip is a held-out :mod:`framepress.synth` question whose answer is known: a small square of one colour shows
+in only one or two of its 16 frames. The packaged model (:mod:`framepress.packaged`) was trained on such clips, so
+its answers are real answers — about moving shapes only, a proxy for what compression keeps. Token counts, times
+and FLOPs are real measurements of this machine and this toy architecture.
 """
 
 from __future__ import annotations
@@ -11,14 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-from . import registry
+from . import packaged, registry, synth
 from .files import atomic
-from .models.tiny import save_tiny_checkpoint
 from .pipeline import load
-from .synth import demo_video
 
-QUESTION = "what color is the shape that appears briefly"
 RETENTIONS = (0.5, 0.25, 0.1)
+INNER_LAYER = 2  # of the packaged 4-layer model
 
 
 def write_video(path: Path, frames, fps: float = 8.0) -> Path:
@@ -40,7 +40,7 @@ def write_video(path: Path, frames, fps: float = 8.0) -> Path:
 
 def settings() -> list[tuple[str, object, dict, float]]:
     """(method, retention, params, share entering the LLM) of the demo: every method by name at a few retentions; a method with an
-    in-LLM part runs it at layer 2 of the tiny model ("A%/B%"), an in-LLM method at its layer or 2."""
+    in-LLM part runs it at layer 2 of the packaged model ("A%/B%"), an in-LLM method at its layer or 2."""
     runs = []
     for name in registry.names():
         spec = registry.get(name)
@@ -48,39 +48,45 @@ def settings() -> list[tuple[str, object, dict, float]]:
             continue  # an in-LLM part runs with its pre-LLM method
         for r in RETENTIONS:
             if spec.inner:
-                runs.append((name, f"{r:.0%}/{r / 2:.1%}", {"inner_layer": 2}, r))
+                runs.append((name, f"{r:.0%}/{r / 2:.1%}", {"inner_layer": INNER_LAYER}, r))
             elif spec.stage == "in-llm":
-                runs.append((name, r, {"layer": min(spec.default_layer, 2)}, r))
+                runs.append((name, r, {"layer": min(spec.default_layer, INNER_LAYER)}, r))
             else:
                 runs.append((name, r, {}, r))
     return runs
 
 
-def run_demo(out: Path, frames: int = 16, json_output: bool = False) -> int:
+def run_demo(out: Path, frames: int = 16, json_output: bool = False, index: int = 1) -> int:
     out = Path(out)
-    video_path = write_video(out / "demo.mp4", demo_video(frames, 112))
-    model_dir = save_tiny_checkpoint(out / "tiny-model")
+    item = synth.generate("needle", index, split="test", frames=frames)
+    video_path = write_video(out / "demo.mp4", item.frames)
+    model_dir = packaged.path()
     say = (lambda *a: None) if json_output else (lambda *a: print(*a, file=sys.stderr))
-    say(f"video: {video_path} ({frames} frames, synthetic: moving shapes, a scene cut, a small square in 2 frames)")
-    say(f"model: {model_dir} (a tiny LLaVA-OneVision built from config; its weights are random, so its answers "
-        "are meaningless text)")
-    pipe = load(model_dir, frames=frames)
+    shown = ", ".join(str(i) for i in item.evidence)
+    say(f"video: {video_path} ({frames} frames of moving shapes; a small {item.answer} square shows only in frame(s) "
+        f"{shown})")
+    say(f"model: {NOTE_SHORT}")
+    say(f"question: {item.question!r}; the right answer: {item.answer!r}")
+    pipe = load(model_dir, frames=frames, device="cpu")
     from .video import load_video
 
     video = load_video(video_path, num_frames=frames)
-    rows = [{**_ask(pipe, video), "method": "none", "retention": 1.0}]
+    rows = [{**_ask(pipe, video, item.question), "method": "none", "retention": 1.0}]
     for name, retention, params, share in settings():
         try:
             pipe.use(name, retention, **params)
-            rows.append({**_ask(pipe, video), "method": name, "retention": retention})
+            rows.append({**_ask(pipe, video, item.question), "method": name, "retention": retention})
             if share == RETENTIONS[1]:
                 pipe.show(video, out / f"show_{name}.png", cell=128)
         except ValueError as exc:
             rows.append({"method": name, "retention": retention, "error": str(exc)})
         finally:
             pipe.close()
+    for r in rows:
+        if "answer" in r:
+            r["correct"] = r["answer"].split()[:1] == [item.answer]
     if json_output:
-        print(json.dumps(rows, default=str, indent=1))
+        print(json.dumps({"question": item.question, "expected": item.answer, "rows": rows}, default=str, indent=1))
         return 0
     header = f"{'method':<13}{'retention':>11}{'tokens in':>11}{'out':>6}{'TTFT ms':>10}{'LLM MFLOPs':>12}  answer"
     print(header)
@@ -91,11 +97,18 @@ def run_demo(out: Path, frames: int = 16, json_output: bool = False) -> int:
             continue
         print(f"{r['method']:<13}{r['retention']!s:>11}{r.get('visual_tokens_in', '-')!s:>11}"
               f"{r.get('visual_tokens_out', '-')!s:>6}{1000 * r['ttft_s']:>10.1f}"
-              f"{r.get('llm_prefill_flops', 0) / 1e6:>12.1f}  {r['answer']!r}")
+              f"{r.get('llm_prefill_flops', 0) / 1e6:>12.1f}  {r['answer']!r} {'right' if r['correct'] else 'wrong'}")
+    right = sum(r.get("correct", False) for r in rows)
+    say(f"{right} of {len(rows)} runs answered {item.answer!r}. One clip says little: `framepress bench-quality` "
+        "ranks the methods on 300 held-out clips per question kind (docs/quality.md).")
     say(f"pictures of what each method kept: {out}/show_<method>.png")
     return 0
 
 
-def _ask(pipe, video) -> dict:
-    answer = pipe.ask(video, QUESTION, max_new_tokens=4)
+NOTE_SHORT = ("the packaged synthetic-domain model (LLaVA-OneVision architecture at toy size, trained on "
+              "framepress.synth clips; it knows clips of moving shapes, nothing else)")
+
+
+def _ask(pipe, video, question: str) -> dict:
+    answer = pipe.ask(video, question, max_new_tokens=4)
     return {"answer": answer.text, **answer.stats}

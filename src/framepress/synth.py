@@ -14,7 +14,7 @@ question kinds stress what compression loses (see :data:`KINDS`):
 Answers are balanced by construction (item ``i`` of a kind has answer ``choices[i % len(choices)]``), train and
 test items come from disjoint seed streams, and :func:`test_set` is the fixed held-out set. Frames are uint8 RGB
 [F, S, S, 3]; the default 16 frames at 96 px give the 6x6 token grid of the packaged tiny model (patch 8, then
-the family's 2x2 pooling). :func:`demo_video` is the clip of ``framepress demo``.
+the family's 2x2 pooling). :func:`demo_video` is a longer two-scene clip with a cut.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def test_set(kind: str, count: int = 300, **options) -> list[Item]:
 
 def demo_video(frames: int = 48, size: int = 224, seed: int = 0) -> np.ndarray:
     """[frames, size, size, 3] uint8: two scenes of moving shapes, with a small white square that shows in only two
-    frames of the first scene (the clip of ``framepress demo``)."""
+    frames of the first scene."""
     rng = np.random.default_rng(seed)
     cut = int(frames * 0.6)
     video = np.empty((frames, size, size, 3), dtype=np.uint8)

@@ -1,0 +1,48 @@
+"""The Video-LLM that ships inside the package: LLaVA-OneVision at toy size, trained on :mod:`framepress.synth`.
+
+It answers one-word questions about clips of moving coloured shapes (colours, counts, order, direction) and
+nothing else: a synthetic-domain model that lets ``framepress demo``/``ask`` answer for real with no download
+and lets every method be ranked by accuracy offline (``framepress bench-quality``). It is a proxy for the
+papers' benchmarks, not a substitute. It loads with ``from_pretrained`` like any checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+FOLDER = Path(__file__).parent / "models" / "synthetic"
+NOTE = ("framepress's packaged synthetic-domain model (LLaVA-OneVision architecture at toy size, trained on "
+        "framepress.synth clips of moving shapes): it answers questions about such clips, nothing else")
+FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
+REBUILD = "python -m framepress.training --out src/framepress/models/synthetic (see docs/quality.md)"
+
+
+def _check_safetensors(file: Path) -> None:
+    """The header parses and the file holds every byte it promises (a truncated copy fails here, not mid-load)."""
+    data = file.read_bytes()
+    try:
+        (length,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + length])
+        end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{file} is damaged (unreadable header: {exc}); rebuild it with: {REBUILD}") from None
+    if len(data) != 8 + length + end:
+        raise ValueError(f"{file} is damaged ({len(data)} bytes, its header promises {8 + length + end}); rebuild it "
+                         f"with: {REBUILD}")
+
+
+def path(folder: Path | None = None) -> Path:
+    """The checkpoint folder, checked: a missing or damaged file is an error naming it and how to rebuild it."""
+    folder = Path(folder) if folder is not None else FOLDER
+    for name in FILES:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"the packaged model's {folder / name} is missing; rebuild it with: {REBUILD}")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        try:
+            json.loads((folder / name).read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{folder / name} is damaged ({exc}); rebuild it with: {REBUILD}") from None
+    _check_safetensors(folder / "model.safetensors")
+    return folder
