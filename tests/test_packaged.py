@@ -21,7 +21,7 @@ def test_the_packaged_model_loads_offline_and_answers_far_above_chance(bench):
     full = bench.score(quality.Setting(None, None))
     # chance is 25% on every kind; the shipped weights answer most held-out questions (docs/quality.md)
     assert full["overall"] >= 0.6
-    assert sum(a >= 0.5 for a in full["accuracy"].values()) >= 4
+    assert min(full["accuracy"].values()) >= 0.45 and set(full["accuracy"]) == set(quality.KINDS)
     assert full["accuracy"]["needle"] >= 0.75 and full["accuracy"]["static"] >= 0.9
 
 
@@ -68,7 +68,7 @@ def test_bench_quality_end_to_end_on_a_slice(tmp_path):
     labels = [(r["method"], str(r["retention"])) for r in data["rows"]]
     assert labels == [("full", "None"), ("sttm", "0.1"), ("unified", "10%"), ("unified", "10%/5%"), ("fastv", "0.1")]
     for row in data["rows"]:
-        assert set(row["accuracy"]) == set(synth.KINDS) and all(0 <= a <= 1 for a in row["accuracy"].values())
+        assert set(row["accuracy"]) == set(quality.KINDS) and all(0 <= a <= 1 for a in row["accuracy"].values())
     two_stage = data["rows"][3]
     assert two_stage["kept"] == pytest.approx(0.05, abs=0.005)
     table = out.read_text()

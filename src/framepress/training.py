@@ -138,7 +138,7 @@ def sequences(model, prompts: Prompts, items: list[synth.Item], mode: str, keep:
             pos = torch.arange(rows[-1].shape[0])
         positions.append(pos)
         label = torch.full((rows[-1].shape[0],), -100)
-        label[-len(target) - 1 : -1] = torch.tensor(target)  # predicted from the token before each
+        label[-len(target) :] = torch.tensor(target)  # the loss shifts: each is predicted from the token before it
         labels.append(label)
     width = max(r.shape[0] for r in rows)
     D = rows[0].shape[1]
