@@ -72,7 +72,9 @@ def test_bench_quality_end_to_end_on_a_slice(tmp_path):
     two_stage = data["rows"][3]
     assert two_stage["kept"] == pytest.approx(0.05, abs=0.005)
     table = out.read_text()
-    assert "A proxy, not a benchmark" in table and table.count("\n| ") == 1 + len(labels)
+    results, training_part = table.split("## How the model was trained")
+    assert "A proxy, not a benchmark" in results and results.count("\n| ") == 1 + len(labels)
+    assert "| 1000 |" in training_part  # the packaged model's held-out accuracy during training
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit):
         main(["bench-quality", "--retentions", "1.5"])

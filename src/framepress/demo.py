@@ -98,8 +98,9 @@ def run_demo(out: Path, frames: int = 16, json_output: bool = False, index: int 
         print(f"{r['method']:<13}{r['retention']!s:>11}{r.get('visual_tokens_in', '-')!s:>11}"
               f"{r.get('visual_tokens_out', '-')!s:>6}{1000 * r['ttft_s']:>10.1f}"
               f"{r.get('llm_prefill_flops', 0) / 1e6:>12.1f}  {r['answer']!r} {'right' if r['correct'] else 'wrong'}")
-    right = sum(r.get("correct", False) for r in rows)
-    say(f"{right} of {len(rows)} runs answered {item.answer!r}. One clip says little: `framepress bench-quality` "
+    answered = [r for r in rows if "answer" in r]
+    right = sum(r["correct"] for r in answered)
+    say(f"{right} of {len(answered)} runs answered {item.answer!r}. One clip says little: `framepress bench-quality` "
         "ranks the methods on 300 held-out clips per question kind (docs/quality.md).")
     say(f"pictures of what each method kept: {out}/show_<method>.png")
     return 0

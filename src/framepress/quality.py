@@ -141,7 +141,10 @@ def run(out_md: Path, per_kind: int = 300, methods=METHODS, retentions=RETENTION
     rows = []
     started = time.time()
     for setting in tqdm(settings(methods, retentions), desc="bench-quality", unit="setting", disable=not progress):
-        rows.append(bench.score(setting))
+        try:
+            rows.append(bench.score(setting))
+        except ValueError as exc:  # a budget the method cannot meet (e.g. pooling keeps a token per frame)
+            rows.append({"method": setting.method, "retention": setting.retention, "error": str(exc)})
     meta = {"per_kind": per_kind, "command": command, "date": date.today().isoformat(),
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
             "minutes": round((time.time() - started) / 60, 1), "model": str(model_path or packaged.FOLDER)}
@@ -172,6 +175,9 @@ def markdown(rows: list[dict], meta: dict, picture: str) -> str:
         "|---|---|---|---|" + "---|" * (len(kinds) + 2),
     ]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['retention']} | n/a: {r['error']} |" + " |" * (len(kinds) + 3))
+            continue
         cells = [r["method"], str(r["retention"] if r["retention"] is not None else "100%"), f"{100 * r['kept']:.1f}%",
                  f"{r['llm_prefill_flops'] / 1e6:.1f}"]
         cells += [f"{100 * r['accuracy'][k]:.1f}" for k in kinds]
@@ -214,6 +220,8 @@ def plot(rows: list[dict]) -> bytes:
     figure, panels = plt.subplots(1, 2, figsize=(12, 4.6), dpi=100, sharex=True)
     lines: dict[str, list[dict]] = {}
     for r in rows[1:]:
+        if "error" in r:
+            continue
         two_stage = "/" in str(r["retention"])
         lines.setdefault(r["method"] + (" A/B" if two_stage else ""), []).append(r)
     palette = plt.get_cmap("tab20").colors
