@@ -146,13 +146,30 @@ def run(out_md: Path, per_kind: int = 300, methods=METHODS, retentions=RETENTION
         except ValueError as exc:  # a budget the method cannot meet (e.g. pooling keeps a token per frame)
             rows.append({"method": setting.method, "retention": setting.retention, "error": str(exc)})
     meta = {"per_kind": per_kind, "command": command, "date": date.today().isoformat(),
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
+            "machine": f"{_cpu_name()}, {torch.get_num_threads()} threads",
             "minutes": round((time.time() - started) / 60, 1), "model": str(model_path or packaged.FOLDER)}
     out_md = Path(out_md)
     write_text(out_md.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    write_bytes(out_md.with_suffix(".png"), plot(rows))
-    write_text(out_md, markdown(rows, meta, out_md.with_suffix(".png").name))
+    render(out_md)
     return rows
+
+
+def render(out_md: Path) -> None:
+    """The table and the plot from the raw numbers beside ``out_md`` (``.json``)."""
+    out_md = Path(out_md)
+    data = json.loads(out_md.with_suffix(".json").read_text())
+    write_bytes(out_md.with_suffix(".png"), plot(data["rows"]))
+    write_text(out_md, markdown(data["rows"], data["meta"], out_md.with_suffix(".png").name))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + " CPU"
+    except OSError:
+        pass
+    return f"{platform.machine()} CPU"
 
 
 def markdown(rows: list[dict], meta: dict, picture: str) -> str:
@@ -190,7 +207,7 @@ def markdown(rows: list[dict], meta: dict, picture: str) -> str:
             "",
             "## How the model was trained",
             "",
-            f"`python -m framepress.training --out {meta['model']} --steps {recipe['steps']} --threads 2` (seed "
+            f"`python -m framepress.training --out {_shown(meta['model'])} --steps {recipe['steps']} --threads 2` (seed "
             f"{recipe['seed']}, batch {recipe['batch']}, AdamW lr {recipe['lr']} with {recipe['warmup']} warm-up steps and "
             f"a cosine decay to 10%): {recipe['seconds'] / 60:.0f} minutes on this machine's 2 CPU cores, shared with "
             "other work. Each batch keeps all video tokens or drops a random share (1-100%, log-uniform), drops whole "
@@ -207,6 +224,10 @@ def markdown(rows: list[dict], meta: dict, picture: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _shown(model: str) -> str:
+    return "src/framepress/models/synthetic" if Path(model) == packaged.FOLDER else model
+
+
 def plot(rows: list[dict]) -> bytes:
     """Overall accuracy and needle accuracy vs kept tokens, one line per method (two-stage forms dashed)."""
     import io
@@ -217,20 +238,20 @@ def plot(rows: list[dict]) -> bytes:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    figure, panels = plt.subplots(1, 2, figsize=(12, 4.6), dpi=100, sharex=True)
+    figure, panels = plt.subplots(1, 2, figsize=(14, 4.8), dpi=100, sharex=True)
     lines: dict[str, list[dict]] = {}
     for r in rows[1:]:
         if "error" in r:
             continue
         two_stage = "/" in str(r["retention"])
         lines.setdefault(r["method"] + (" A/B" if two_stage else ""), []).append(r)
-    palette = plt.get_cmap("tab20").colors
+    palette = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors]
     bases = sorted({name.split()[0] for name in lines})
     for panel, key, title in ((panels[0], None, "all question kinds"), (panels[1], "needle", "needle (1-2 frames)")):
         for name, points in sorted(lines.items()):
             points = sorted(points, key=lambda p: p["kept"])
             y = [100 * (p["overall"] if key is None else p["accuracy"][key]) for p in points]
-            color = palette[(2 * bases.index(name.split()[0])) % len(palette)]
+            color = palette[bases.index(name.split()[0]) % len(palette)]
             panel.plot([100 * p["kept"] for p in points], y, marker="o", markersize=3, color=color,
                        linestyle="--" if name.endswith("A/B") else ":" if "original" in name else "-", label=name)
         full = 100 * (rows[0]["overall"] if key is None else rows[0]["accuracy"][key])
@@ -242,7 +263,7 @@ def plot(rows: list[dict]) -> bytes:
         panel.set_ylabel("accuracy (%)")
         panel.set_title(title, fontsize=10)
         panel.grid(True, which="both", alpha=0.3)
-    panels[1].legend(fontsize=7, ncol=2, loc="lower right")
+    panels[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.suptitle("packaged synthetic model (a proxy): accuracy vs retention", fontsize=11)
     figure.tight_layout()
     buffer = io.BytesIO()
