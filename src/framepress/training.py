@@ -255,7 +255,7 @@ def save(model, tokenizer, out: Path, recipe: dict) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m framepress.training", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
