@@ -65,7 +65,7 @@ def run_demo(out: Path, frames: int = 16, json_output: bool = False, index: int 
     shown = ", ".join(str(i) for i in item.evidence)
     say(f"video: {video_path} ({frames} frames of moving shapes; a small {item.answer} square shows only in frame(s) "
         f"{shown})")
-    say(f"model: {NOTE_SHORT}")
+    say(f"model: {packaged.NOTE}")
     say(f"question: {item.question!r}; the right answer: {item.answer!r}")
     pipe = load(model_dir, frames=frames, device="cpu")
     from .video import load_video
@@ -104,10 +104,6 @@ def run_demo(out: Path, frames: int = 16, json_output: bool = False, index: int 
         "ranks the methods on 300 held-out clips per question kind (docs/quality.md).")
     say(f"pictures of what each method kept: {out}/show_<method>.png")
     return 0
-
-
-NOTE_SHORT = ("the packaged synthetic-domain model (LLaVA-OneVision architecture at toy size, trained on "
-              "framepress.synth clips; it knows clips of moving shapes, nothing else)")
 
 
 def _ask(pipe, video, question: str) -> dict:

@@ -29,6 +29,7 @@ RETENTIONS = (0.5, 0.3, 0.1, 0.05, 0.02, 0.01)
 METHODS = ("random", "pool", "frames", "sttm", "fastv", "visionzip", "fastvid", "holitom", "gridpool", "dycoke",
            "divprune", "prunevid", "framefusion", "unified")
 INNER_LAYER = 2  # of the packaged 4-layer model
+PACKAGED = "packaged"  # how the results name the model inside the package (no machine path)
 #: the question kinds the packaged model learned; "motion" stayed at chance (25%) in training, so ranking methods
 #: on it would measure noise (the generator keeps it, for a longer or GPU training run)
 KINDS = ("needle", "count", "color", "order", "static")
@@ -147,7 +148,7 @@ def run(out_md: Path, per_kind: int = 300, methods=METHODS, retentions=RETENTION
             rows.append({"method": setting.method, "retention": setting.retention, "error": str(exc)})
     meta = {"per_kind": per_kind, "command": command, "date": date.today().isoformat(),
             "machine": f"{_cpu_name()}, {torch.get_num_threads()} threads",
-            "minutes": round((time.time() - started) / 60, 1), "model": str(model_path or packaged.FOLDER)}
+            "minutes": round((time.time() - started) / 60, 1), "model": PACKAGED if model_path is None else str(model_path)}
     out_md = Path(out_md)
     write_text(out_md.with_suffix(".json"), json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     render(out_md)
@@ -200,7 +201,7 @@ def markdown(rows: list[dict], meta: dict, picture: str) -> str:
         cells += [f"{100 * r['accuracy'][k]:.1f}" for k in kinds]
         cells += [f"{100 * r['overall']:.1f}", f"{100 * r['overall'] / full:.1f}%"]
         lines.append("| " + " | ".join(cells) + " |")
-    recipe_file = Path(meta["model"]) / "training.json"
+    recipe_file = (packaged.FOLDER if meta["model"] == PACKAGED else Path(meta["model"])) / "training.json"
     if recipe_file.is_file():
         recipe = json.loads(recipe_file.read_text())
         lines += [
@@ -225,7 +226,7 @@ def markdown(rows: list[dict], meta: dict, picture: str) -> str:
 
 
 def _shown(model: str) -> str:
-    return "src/framepress/models/synthetic" if Path(model) == packaged.FOLDER else model
+    return "src/framepress/models/synthetic" if model == PACKAGED else model
 
 
 def plot(rows: list[dict]) -> bytes:
