@@ -103,3 +103,37 @@ def test_damaged_and_unfinished_folders_are_named(tmp_path, capsys):
     assert main(["report", str(tmp_path / "run"), "-o", str(tmp_path / "out")]) == 2
     assert "not a complete lmms-eval results file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def x_labels(rows, kind):
+    """The x tick labels a reader sees (inside the axis) on the plot of ``rows``."""
+    import matplotlib.pyplot as plt
+
+    from framepress.evaluation.report import figure
+
+    drawn = figure(rows, kind, "t")
+    drawn.canvas.draw()
+    axes = drawn.axes[0]
+    low, high = axes.get_xlim()
+    labels = [t.get_text() for t in axes.get_xticklabels() if low <= t.get_position()[0] <= high and t.get_text()]
+    plt.close(drawn)
+    return labels, (low, high), axes.get_xscale()
+
+
+def test_the_x_axis_stays_readable_when_all_points_are_close(tmp_path):
+    run(tmp_path / "full", "20260101_000000", "none", None, {"videomme": 0.6}, [], 2.0e9)
+    for stamp, method, retention, kept, flops in [("1", "sttm", "0.5", 3130, 1.95e9), ("2", "pool", "0.5", 3136, 1.96e9),
+                                                  ("3", "pool", "0.51", 3149, 1.97e9)]:
+        run(tmp_path / f"{method}{stamp}", f"20260101_00000{stamp}", method, retention, {"videomme": 0.55}, [kept], flops)
+    rows = collect([tmp_path])
+    for kind, points in (("retention", [100 * k / VISUAL_IN for k in (3130, 3136, 3149)]), ("flops", [1.95, 1.96, 2.0])):
+        labels, (low, high), scale = x_labels(rows, kind)
+        assert scale == "linear" and low < min(points) and max(points) < high
+        assert len(labels) >= 3 and all(float(label) for label in labels)  # plain numbers, not 4.99x10^1
+    write_report([tmp_path], tmp_path / "out")
+    assert (tmp_path / "out" / "llava-onevision-qwen2-7b-ov-hf_videomme_vs_retention.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_wide_x_range_stays_logarithmic_with_plain_labels(results):
+    labels, _, scale = x_labels(collect([results]), "retention")
+    assert scale == "log" and {"1", "2", "5", "10", "20", "50"} <= set(labels)

@@ -232,14 +232,13 @@ def _html_table(rows: list[dict[str, str]]) -> str:
     return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def plot(rows: list[Row], x: str, title: str) -> bytes:
-    """PNG of the benchmark's score against retention (``x="retention"``) or LLM prefill FLOPs (``x="flops"``),
-    one line per method; the full-token score as a dashed line."""
+def figure(rows: list[Row], x: str, title: str):
+    """The matplotlib figure of the benchmark's score against retention (``x="retention"``) or LLM prefill FLOPs
+    (``x="flops"``), one line per method; the full-token score as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     by_method: dict[str, list[Row]] = defaultdict(list)
@@ -254,25 +253,55 @@ def plot(rows: list[Row], x: str, title: str) -> bytes:
         flops = r.stats.get("llm_prefill_flops")
         return None if flops is None else flops / scale
 
+    xs = []
     for method, points in sorted(by_method.items()):
         points = sorted((p for p in points if xvalue(p) is not None), key=xvalue)
         if points:
+            xs += [xvalue(p) for p in points]
             axes.plot([xvalue(p) for p in points], [p.score for p in points], marker="o", label=method)
     if full is not None:
         axes.axhline(full.score, color="0.3", linestyle="--", linewidth=1, label="full tokens")
         if x == "flops" and xvalue(full) is not None:
+            xs.append(xvalue(full))
             axes.plot([xvalue(full)], [full.score], marker="*", markersize=11, color="0.3", linestyle="none")
-    axes.set_xscale("log")
-    axes.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    if xs:
+        _x_axis(axes, xs)
     axes.set_xlabel("visual tokens kept (%)" if x == "retention" else f"LLM prefill {unit} per sample")
     axes.set_ylabel(rows[0].metric + (" (%)" if rows[0].percent else ""))
     axes.set_title(title, fontsize=10)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
+    return figure
+
+
+def _x_axis(axes, xs: list[float]) -> None:
+    """A log axis when the points span a decade or more (retentions from 50% down to 1%), else a linear one
+    around them: a log axis over a narrow range has no major tick and labels its minor ones as 4.99x10^1."""
+    import matplotlib.ticker as ticker
+
+    low, high = min(xs), max(xs)
+    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    if low > 0 and high / low >= 10:
+        axes.set_xscale("log")
+        axes.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes.xaxis.set_minor_formatter(ticker.NullFormatter())
+    else:
+        span = high - low
+        pad = 0.08 * span if span > 0 else 0.05 * abs(high) or 1.0
+        axes.set_xlim(low - pad, high + pad)
+        axes.xaxis.set_major_locator(ticker.MaxNLocator(6))
+    axes.xaxis.set_major_formatter(plain)
+
+
+def plot(rows: list[Row], x: str, title: str) -> bytes:
+    """The PNG of :func:`figure`."""
+    import matplotlib.pyplot as plt
+
+    drawn = figure(rows, x, title)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
+    drawn.savefig(buffer, format="png")
+    plt.close(drawn)
     return buffer.getvalue()
 
 
