@@ -362,7 +362,6 @@ class _Patch:
             parts.append(_sample_parts(valid[b], plans))
             p.blocks[b] = []
         rewrite = _rewrite(parts, L, embeds.device)
-        groups = [part[1] for part in parts]
         p.entry = rewrite
         kwargs = dict(kwargs)
         kwargs["inputs_embeds"] = rewrite.apply(embeds, use_features=True)
@@ -378,7 +377,8 @@ class _Patch:
         p.entry_positions = entry.positions
         p.record["stages"].append(
             {"stage": entry.label, "visual_out": p.visual.sum(1).tolist(), "length": rewrite.index.shape[1],
-             "kept": [rewrite.index[b, g[0]].tolist() for b, g in enumerate(groups)]}
+             "kept": [rewrite.index[b, g[0]].tolist() for b, g in enumerate(rewrite.groups)],
+             "slots": [g[0].tolist() for g in rewrite.groups]}
         )
         return kwargs
 
@@ -506,7 +506,6 @@ class _Patch:
                 plans.append(_plan(tokens, vis))
             parts.append(_sample_parts(p.valid[b], plans))
         rw = _rewrite(parts, L, hidden.device)
-        groups = [part[1] for part in parts]
         new_hidden = rw.apply(hidden, use_features=True)
         cos, sin = kwargs["position_embeddings"]
         new_pos = None
@@ -532,7 +531,9 @@ class _Patch:
         p.blocks = [[] for _ in range(B)]
         p.record["stages"].append(
             {"stage": stage.label, "visual_out": p.visual.sum(1).tolist(), "length": rw.index.shape[1],
-             "kept": [rw.index[b, g[0]].tolist() for b, g in enumerate(groups)]}
+             "kept": [rw.index[b, g[0]].tolist() for b, g in enumerate(rw.groups)],
+             "slots": [g[0].tolist() for g in rw.groups], "members": [g[1].tolist() for g in rw.groups],
+             "group": [g[2].tolist() for g in rw.groups]}
         )
         kwargs = dict(kwargs)
         kwargs["position_embeddings"] = (cos, sin)
