@@ -9,8 +9,9 @@ papers' benchmarks, not a substitute. It loads with ``from_pretrained`` like any
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
+
+from .files import safetensors_header
 
 FOLDER = Path(__file__).parent / "models" / "synthetic"
 NOTE = ("framepress's packaged synthetic-domain model (LLaVA-OneVision architecture at toy size, trained on "
@@ -21,16 +22,21 @@ REBUILD = "python -m framepress.training --out src/framepress/models/synthetic -
 
 def _check_safetensors(file: Path) -> None:
     """The header parses and the file holds every byte it promises (a truncated copy fails here, not mid-load)."""
-    data = file.read_bytes()
     try:
-        (length,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8 : 8 + length])
-        end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
-    except (struct.error, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{file} is damaged (unreadable header: {exc}); rebuild it with: {REBUILD}") from None
-    if len(data) != 8 + length + end:
-        raise ValueError(f"{file} is damaged ({len(data)} bytes, its header promises {8 + length + end}); rebuild it "
-                         f"with: {REBUILD}")
+        safetensors_header(file)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; rebuild it with: {REBUILD}") from None
+
+
+def damaged_weights(folder: str | Path) -> str | None:
+    """The first ``*.safetensors`` file in a checkpoint folder that is damaged or truncated, said in words
+    (None when all are whole): what a failed load reports instead of the loader's raw error."""
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            safetensors_header(file)
+        except ValueError as exc:
+            return str(exc)
+    return None
 
 
 def path(folder: Path | None = None) -> Path:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -33,6 +34,8 @@ import av
 import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
+
+from .files import describe, stat_input
 
 __all__ = ["Video", "fps_indices", "load_video", "sample_indices"]
 
@@ -144,10 +147,11 @@ def load_video(
 
     source = os.fspath(path)
     p = Path(source)
-    if not p.exists():
-        raise FileNotFoundError(f"no such video, image or folder: {source}")
-    if p.is_dir():
+    st = stat_input(source, "no such video, image or folder")  # "" is not ".", a symlink loop is said as such
+    if stat.S_ISDIR(st.st_mode):
         video = _load_folder(p, want, max_side, progress)
+    elif not stat.S_ISREG(st.st_mode):  # a FIFO or device would block the decoder forever
+        raise ValueError(f"{source} is {describe(st)}, not a video, image or folder")
     elif p.suffix.lower() in IMAGE_EXTENSIONS:
         video = _load_image(p, want, max_side)
     else:
@@ -197,7 +201,7 @@ def _load_image(p: Path, want: _Want, max_side: int | None) -> Video:
 def _load_folder(p: Path, want: _Want, max_side: int | None, progress: bool) -> Video:
     """A folder of image frames in natural name order; only the sampled images are read."""
     files = sorted(
-        (f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".") and f.is_file()),
+        (f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".") and not f.is_dir()),
         key=lambda f: (_natural_key(f.name), f.name),
     )
     if not files:
@@ -205,6 +209,10 @@ def _load_folder(p: Path, want: _Want, max_side: int | None, progress: bool) -> 
     if want.fps is not None:
         raise ValueError(f"folder {p}: a folder of images has no frame rate, hence no fps sampling; use num_frames")
     indices = want.plan(len(files), None, str(p))
+    for i in indices:  # before reading any: a FIFO among the frames would block the reader forever
+        st = stat_input(files[i], f"folder {p}: a frame is missing or a broken link")
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"folder {p}: frame {files[i].name} is {describe(st)}, not an image file")
     frames: list[np.ndarray] = []
     for i in tqdm(indices, desc=p.name, unit="frame", disable=not progress):
         frames.append(_same_size(_read_image(files[i], max_side), frames))
@@ -430,8 +438,8 @@ def _shrink(im: Image.Image, max_side: int | None) -> np.ndarray:
 def _check_size(w: int, h: int, max_side: int | None, p: Path) -> None:
     if max_side is None and max(w, h) > MAX_SIDE_LIMIT:
         raise ValueError(
-            f"{p}: frames of {w}x{h} exceed {MAX_SIDE_LIMIT} px on a side; pass max_side (e.g. max_side=1024) to "
-            "shrink each frame as it is read"
+            f"{p}: frames of {w}x{h} exceed {MAX_SIDE_LIMIT} px on a side; pass max_side (e.g. max_side=1024; "
+            "--max-side 1024 on the command line) to shrink each frame as it is read"
         )
 
 
