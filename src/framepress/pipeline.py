@@ -8,6 +8,7 @@ prefill FLOPs, time to first token, total time and peak memory.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -116,22 +117,75 @@ class Pipeline:
         return self._generate(inputs, inputs["input_ids"].shape[1], max_new_tokens, generate_kwargs)
 
     def score(self, video, question: str, continuation: str, frames: int | None = None) -> Answer:
-        """The log-likelihood of ``continuation`` as the answer to ``question`` (multiple-choice scoring).
+        """The log-likelihood of ``continuation`` as the answer to ``question``: :meth:`score_choices` of one."""
+        return self.score_choices(video, question, [continuation], frames)[0]
 
-        The continuation is fed the way generation would produce it — the compressed prompt prefilled, then one
-        decode step a token — so a question-aware stage sees the question, never the candidate answer. The
-        answer's text is the continuation; ``stats`` adds ``logprob`` (the sum over its tokens) and ``greedy``
-        (whether greedy decoding would have produced it).
+    def score_choices(self, video, question: str, continuations: list[str], frames: int | None = None) -> list[Answer]:
+        """The log-likelihood of each continuation as the answer to ``question`` (multiple-choice scoring), from one
+        decoding, compression and prefill of the prompt shared by all of them (not one per choice).
+
+        Each continuation is fed the way generation would produce it — one decode step a token, from a copy of the
+        compressed prompt's cache — so a question-aware stage sees the question, never a candidate answer, and each
+        value equals generating the continuation alone after the whole prompt. An answer's text is its
+        continuation; ``stats`` adds ``logprob`` (the sum over its tokens), ``greedy`` (whether greedy decoding
+        would have produced it) and ``prefix_reused`` (every choice after the first); ``ttft_s`` is the shared
+        prefill's time and ``total_s`` the choice's own decode steps plus its share of that prefill.
         """
         question = _check_question(question)
-        if not isinstance(continuation, str) or not continuation:
-            raise ValueError(f"continuation must be a non-empty string, got {continuation!r}")
-        targets = self.tokenizer(continuation, add_special_tokens=False).input_ids
-        if not targets:
-            raise ValueError(f"continuation {continuation!r} encodes to no tokens")
+        if isinstance(continuations, str) or not isinstance(continuations, (list, tuple)) or not continuations:
+            raise ValueError(f"continuations must be a non-empty list of strings, got {continuations!r}")
+        targets = []
+        for continuation in continuations:
+            if not isinstance(continuation, str) or not continuation:
+                raise ValueError(f"continuation must be a non-empty string, got {continuation!r}")
+            ids = self.tokenizer(continuation, add_special_tokens=False).input_ids
+            if not ids:
+                raise ValueError(f"continuation {continuation!r} encodes to no tokens")
+            targets.append(ids)
         video = self.load_video(video, frames)
         inputs = self._to_device(self.prompter.inputs(video.frames, question, sampled_fps(video)))
-        return self._generate(inputs, inputs["input_ids"].shape[1], len(targets), {}, force=targets)
+        prompt_length = inputs["input_ids"].shape[1]
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            prefill = self.model(**inputs, use_cache=True, logits_to_keep=1)
+        prefill_s = time.perf_counter() - start
+        compression = self._compression_stats(prompt_length)
+        patch = self.model.__dict__.get("_framepress_patch")
+        state = patch.current if patch is not None else None  # the decode-step mapping of this prefill
+        rope_deltas = getattr(self.model.model, "rope_deltas", None)
+        answers = []
+        for i, ids in enumerate(targets):
+            start = time.perf_counter()
+            logits = [prefill.logits[:, -1]]
+            if len(ids) > 1:
+                if patch is not None:
+                    patch.current = state
+                if rope_deltas is not None:
+                    self.model.model.rope_deltas = rope_deltas
+                last = i == len(targets) - 1
+                with torch.no_grad():
+                    out = self.model.generate(
+                        input_ids=torch.tensor([ids[:1]], device=self.device),
+                        attention_mask=torch.cat([inputs["attention_mask"], inputs["attention_mask"][:, :1]], 1),
+                        past_key_values=prefill.past_key_values if last else copy.deepcopy(prefill.past_key_values),
+                        max_new_tokens=len(ids) - 1, do_sample=False, logits_processor=[_Force(ids[1:])],
+                        output_logits=True, return_dict_in_generate=True,
+                    )
+                logits += list(out.logits)
+            stats = {
+                "ttft_s": round(prefill_s, 4),
+                "total_s": round(time.perf_counter() - start + prefill_s / len(targets), 4),
+                "prompt_tokens": int(prompt_length),
+                "new_tokens": len(ids),
+                "peak_memory_mb": round(_peak_memory_mb(self.device), 1),
+                **compression,
+                **_continuation_logprob(logits, ids),
+                "prefix_reused": i > 0,
+            }
+            answers.append(Answer(self.tokenizer.decode(ids, skip_special_tokens=True).strip(), stats))
+        return answers
 
     def kept(self, video, frames: int | None = None, question: str = "describe the video"):
         """The tokens the method keeps of ``video`` (one prefill, no generation), as a :class:`framepress.Tokens`
@@ -182,7 +236,7 @@ class Pipeline:
 
     def _generate(
         self, inputs: dict, prompt_length: int, max_new_tokens: int, kwargs: dict, session: Session | None = None,
-        question=None, force: list[int] | None = None,
+        question=None,
     ) -> Answer:
         max_new_tokens = checks.integer("max_new_tokens", max_new_tokens, 1)
         bar = None
@@ -194,9 +248,6 @@ class Pipeline:
         kwargs = dict(kwargs, max_new_tokens=max_new_tokens)
         kwargs.setdefault("do_sample", False)
         kwargs["logits_processor"] = [*kwargs.get("logits_processor", []), marker]
-        if force is not None:
-            kwargs["logits_processor"].append(_Force(force))
-            kwargs.update(output_logits=True, return_dict_in_generate=True)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
@@ -208,10 +259,6 @@ class Pipeline:
         total = time.perf_counter() - start
         if bar is not None:
             bar.close()
-        scored = {}
-        if force is not None:
-            scored = _continuation_logprob(out.logits, force)
-            out = out.sequences
         if session is None:
             out = out[:, prompt_length:]
         text = self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
@@ -223,7 +270,6 @@ class Pipeline:
             "peak_memory_mb": round(_peak_memory_mb(self.device), 1),
         }
         stats.update(self._compression_stats(prompt_length))
-        stats.update(scored)
         return Answer(text, stats)
 
     def _compression_stats(self, prompt_length: int) -> dict[str, Any]:
