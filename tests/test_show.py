@@ -52,15 +52,18 @@ def cell_pixels(sheet, frames, lay, f, y, x, inset=2):
     return got, ref
 
 
-def expected_size(F, columns, cell):
+def expected_size(F, columns, cell, shape=(56, 56)):
+    """The documented layout: tiles of the frames' aspect, their longer side ``cell``."""
     columns = min(columns or math.ceil(math.sqrt(F)), F)
     rows = math.ceil(F / columns)
-    inner = max(columns * cell + (columns - 1) * show.GAP, show.LEGEND_SLOT)
-    legend = math.ceil(3 / min(max(inner // show.LEGEND_SLOT, 1), 3))
+    scale = cell / max(shape)
+    h, w = round(shape[0] * scale), round(shape[1] * scale)
+    inner = max(columns * w + (columns - 1) * show.GAP, show.LEGEND_SLOT)
+    legend = math.ceil(4 / min(max(inner // show.LEGEND_SLOT, 1), 4))
     height = (
         show.MARGIN
         + show.HEADER
-        + rows * (show.LABEL + cell)
+        + rows * (show.LABEL + h)
         + (rows - 1) * show.GAP
         + show.GAP
         + legend * show.LEGEND_LINE
@@ -72,11 +75,11 @@ def expected_size(F, columns, cell):
 @pytest.mark.parametrize(
     "F, columns, cell, size",
     [
-        (4, None, 256, (536, 640)),  # 2x2 of 256 px: 8 + 2*256 + 8 + 8 wide; 520 px hold 2 legend items a line
-        (4, 4, 112, (488, 236)),  # 1 row of 4; 472 px of content hold 1 legend item a line: 3 lines
-        (8, 3, 100, (332, 472)),  # 8 frames fused onto T=4: 3 rows, the last one short
-        (4, 9, 64, (296, 188)),  # columns beyond F are clamped to F
-        (1, None, 32, (276, 156)),  # one small frame: the width is the legend slot's
+        (4, None, 256, (536, 670)),  # 2x2 of 256 px: 8 + 2*256 + 8 + 8 wide; 520 px hold 2 legend items a line
+        (4, 4, 112, (488, 286)),  # 1 row of 4; 472 px of content hold 1 legend item a line: 4 lines
+        (8, 3, 100, (332, 522)),  # 8 frames fused onto T=4: 3 rows, the last one short
+        (4, 9, 64, (296, 238)),  # columns beyond F are clamped to F
+        (1, None, 32, (276, 206)),  # one small frame: the width is the legend slot's
     ],
 )
 def test_image_size_follows_the_documented_layout(tokens, F, columns, cell, size):

@@ -189,34 +189,25 @@ class Pipeline:
 
     def kept(self, video, frames: int | None = None, question: str = "describe the video"):
         """The tokens the method keeps of ``video`` (one prefill, no generation), as a :class:`framepress.Tokens`
-        over the video's grid. An in-LLM stage's choice is shown as kept tokens (its merges are not drawn)."""
+        over the grid the first stage read: every stage composed back onto it, an in-LLM merge a group over all
+        the cells its members stood for (:func:`framepress.show.composed`)."""
         video = self.load_video(video, frames)
         if self.handle is None:
             raise ValueError("no method is applied: nothing to show")
         inputs = self._to_device(self.prompter.inputs(video.frames, question, sampled_fps(video)))
         with torch.no_grad():
             self.model(**inputs)
-        patch = self.handle._patch
-        record = self.handle.stats[-1]
-        if patch.last_tokens and all(s["stage"].endswith("pre-LLM") for s in record["stages"]):
-            return video, patch.last_tokens[0]
-        slots, grid = record["blocks"][0][0]
-        slots = torch.tensor(slots)
-        kept = torch.tensor(record["stages"][-1]["kept"][0])
-        visual = torch.isin(kept, slots)
-        index = torch.searchsorted(slots, kept[visual])
-        from .tokens import Tokens
+        from .show import composed
 
-        return video, Tokens.select(torch.zeros(*grid, 1), index.sort().values)
+        first = self.handle._patch.last_tokens
+        return video, composed(self.handle.stats[-1], first[0] if first else None)
 
     def show(self, video, path=None, frames: int | None = None, **sheet):
         """A contact sheet of the sampled frames with the kept tokens drawn on them (:mod:`framepress.show`)."""
         from .show import contact_sheet, save_contact_sheet
 
         video, tokens = self.kept(video, frames)
-        title = sheet.pop("title", None) or (
-            f"{self.method}, retention {self.retention}: {len(tokens)} of {tokens.num_input} tokens"
-        )
+        title = sheet.pop("title", None) or f"{self.method}, retention {self.retention}"
         if path is not None:
             return save_contact_sheet(path, video.frames, tokens, title=title, **sheet)
         return contact_sheet(video.frames, tokens, title=title, **sheet)

@@ -9,17 +9,24 @@ over it:
   group's own colour (:func:`group_colour`: a fixed qualitative palette cycled by output index, blended 35%),
   and its representative's box is outlined in that colour.
 
+A run inside a model can have several stages (a pre-LLM method, then an in-LLM merge or prune at a later layer,
+"A%/B%"); each stage's record counts positions in the sequence *it* received. :func:`composed` follows the
+stages back to the original grid, so the picture shows the tokens that really reached the last stage, and an
+in-LLM merge as one group over all the cells its members stood for.
+
 Layout (all sizes in pixels; :func:`layout` computes it, :class:`SheetLayout` holds it)::
 
     columns' = min(columns or ceil(sqrt(F)), F)        rows = ceil(F / columns')
-    inner    = max(columns' * cell + (columns' - 1) * GAP, LEGEND_SLOT)
+    (h, w)   = a frame resized so its longer side is ``cell``, its aspect kept (each tile is h x w: no bands)
+    inner    = max(columns' * w + (columns' - 1) * GAP, LEGEND_SLOT)
     width    = 2 * MARGIN + inner
-    legend   = ceil(3 / clamp(inner // LEGEND_SLOT, 1, 3))  lines
-    height   = MARGIN + HEADER + rows * (LABEL + cell) + (rows - 1) * GAP + GAP + legend * LEGEND_LINE + MARGIN
+    legend   = ceil(4 / clamp(inner // LEGEND_SLOT, 1, 4))  lines
+    height   = MARGIN + HEADER + rows * (LABEL + h) + (rows - 1) * GAP + GAP + legend * LEGEND_LINE + MARGIN
 
-Each frame sits in a ``cell`` x ``cell`` square under a LABEL-high band with its number, resized (bilinear,
-:data:`RESAMPLE`) to fit the square with its aspect kept and centred in it. The token grid's H x W cells map
-proportionally onto the resized frame: pixel row ``p`` lies in token row ``p * H // h``.
+Each tile sits under a LABEL-high band with its frame number and how many output tokens have their
+representative there; the frame is resized with :data:`RESAMPLE`. The header holds the title and two lines of
+counts. The token grid's H x W cells map proportionally onto the tile: pixel row ``p`` lies in token row
+``p * H // h``.
 
 With F frames and a token grid of T frames, F must be T or a multiple of it: a model that fuses ``k = F // T``
 frames into one temporal token (Qwen-VL: 2) shows all F frames, frame ``f`` drawn with token frame ``f // k``.
@@ -42,22 +49,24 @@ from .tokens import Tokens
 
 MARGIN = 8
 GAP = 8
-HEADER = 24
+HEADER = 54  # the title (14 px type) and two lines of counts (11 px)
 LABEL = 16
 LEGEND_LINE = 20
 LEGEND_SLOT = 260
 MIN_CELL = 16
+WORD_GAP = 0.35  # space between words, in ems: the default font's own space is about 0.18 em, too narrow to read
 
 DIM = 0.6  # a dropped token's pixels move this far toward black
 TINT_ALPHA = 0.35  # a merged group's colour is blended in with this weight
 KEPT_OUTLINE = (255, 255, 0)
 BACKGROUND = (255, 255, 255)
-CELL_BACKGROUND = (225, 225, 225)
 TEXT = (20, 20, 20)
 LABEL_TEXT = (70, 70, 70)
+SWATCH = (150, 150, 150)
 RESAMPLE = Image.Resampling.BILINEAR
 
-# Tableau 10 without its grey: a tint of grey would read as "dimmed".
+# Tableau 10 without its grey (a grey tint reads as "dimmed") and its olive (an olive outline reads as the
+# yellow one of a kept token).
 PALETTE = (
     (31, 119, 180),
     (255, 127, 14),
@@ -66,13 +75,13 @@ PALETTE = (
     (148, 103, 189),
     (140, 86, 75),
     (227, 119, 194),
-    (188, 189, 34),
     (23, 190, 207),
 )
 
 LEGEND = (
-    "outlined: kept token",
-    "tinted: merged group (one colour per group)",
+    "yellow outline: kept token",
+    "tint: merged group (one colour per group)",
+    "coloured outline: a group's representative",
     "dim: dropped",
 )
 
@@ -82,6 +91,11 @@ def group_colour(index: int) -> tuple[int, int, int]:
     return PALETTE[int(index) % len(PALETTE)]
 
 
+def plural(n: int, word: str) -> str:
+    """``1 token``, ``2 tokens``, ``0 tokens`` (a word whose plural is a plain -s)."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 @dataclass(frozen=True)
 class SheetLayout:
     """Where everything goes on a contact sheet (see the module docstring for the formula)."""
@@ -89,8 +103,8 @@ class SheetLayout:
     frames: int
     columns: int
     rows: int
-    cell: int
-    frame_size: tuple[int, int]  # (h, w) of each frame after resizing into the cell
+    cell: int  # the longer side of each tile
+    frame_size: tuple[int, int]  # (h, w) of each tile: a frame resized to fit ``cell``, aspect kept
     grid_size: tuple[int, int]  # (H, W) of the token grid
     legend_lines: int
     width: int
@@ -101,20 +115,15 @@ class SheetLayout:
         """(width, height), as Pillow's ``Image.size``."""
         return (self.width, self.height)
 
-    def cell_origin(self, f: int) -> tuple[int, int]:
-        """(x, y) of the top-left corner of frame f's cell square on the sheet."""
-        row, col = divmod(f, self.columns)
-        return MARGIN + col * (self.cell + GAP), MARGIN + HEADER + row * (LABEL + self.cell + GAP) + LABEL
-
     def frame_origin(self, f: int) -> tuple[int, int]:
-        """(x, y) of the top-left pixel of frame f's resized image on the sheet."""
-        x, y = self.cell_origin(f)
+        """(x, y) of the top-left pixel of frame f's tile on the sheet."""
+        row, col = divmod(f, self.columns)
         h, w = self.frame_size
-        return x + (self.cell - w) // 2, y + (self.cell - h) // 2
+        return MARGIN + col * (w + GAP), MARGIN + HEADER + row * (LABEL + h + GAP) + LABEL
 
     def token_rect(self, f: int, y0: int, x0: int, y1: int | None = None, x1: int | None = None):
         """Pixel rectangle (left, top, right, bottom), right/bottom exclusive, of token-grid rows y0:y1 and
-        columns x0:x1 (default: the one cell y0, x0) on frame f's image on the sheet."""
+        columns x0:x1 (default: the one cell y0, x0) on frame f's tile on the sheet."""
         y1 = y0 + 1 if y1 is None else y1
         x1 = x0 + 1 if x1 is None else x1
         ox, oy = self.frame_origin(f)
@@ -142,30 +151,118 @@ def layout(
     cell, columns = int(cell), min(int(columns), F)
     rows = math.ceil(F / columns)
     scale = cell / max(fh, fw)
-    frame_size = (min(cell, max(1, round(fh * scale))), min(cell, max(1, round(fw * scale))))
-    inner = max(columns * cell + (columns - 1) * GAP, LEGEND_SLOT)
+    h, w = min(cell, max(1, round(fh * scale))), min(cell, max(1, round(fw * scale)))
+    inner = max(columns * w + (columns - 1) * GAP, LEGEND_SLOT)
     per_line = min(max(inner // LEGEND_SLOT, 1), len(LEGEND))
     legend_lines = math.ceil(len(LEGEND) / per_line)
     width = 2 * MARGIN + inner
-    height = MARGIN + HEADER + rows * (LABEL + cell) + (rows - 1) * GAP + GAP + legend_lines * LEGEND_LINE + MARGIN
-    return SheetLayout(F, columns, rows, cell, frame_size, (grid[1], grid[2]), legend_lines, width, height)
+    height = MARGIN + HEADER + rows * (LABEL + h) + (rows - 1) * GAP + GAP + legend_lines * LEGEND_LINE + MARGIN
+    return SheetLayout(F, columns, rows, cell, (h, w), (grid[1], grid[2]), legend_lines, width, height)
+
+
+def composed(record: dict, first: Tokens | None = None, sample: int = 0) -> Tokens:
+    """What a run inside a model kept of one video, on the grid its first stage read: every stage of ``record``
+    (one entry of ``Handle.stats``) followed back to that grid.
+
+    A stage's record counts positions in the sequence that stage received: ``kept`` (each output's
+    representative), ``slots`` (where each output went in the new sequence) and, in the LLM, ``members`` and
+    ``group`` (every input it kept and the output it went into). An output of a later stage therefore stands for
+    the cells of every earlier output it took in, and its box is its representative's. ``first`` is the
+    pre-LLM stage's tokens of this video (``_Patch.last_tokens``), needed when the run has one; without a
+    pre-LLM stage the grid is the video's grid in the LLM and each of its tokens starts as itself.
+
+    Returns :class:`Tokens` whose features are zeros [N, 1] (a picture needs none) and whose ``info`` says
+    ``visual_in``, ``llm_grid`` (the video's grid in the LLM) and ``stages`` ((label, tokens out) in order).
+    """
+    if not isinstance(record, dict) or "stages" not in record or "blocks" not in record:
+        raise TypeError("record must be one entry of Handle.stats (a dict with 'blocks' and 'stages')")
+    sample = int(sample)
+    if not 0 <= sample < len(record["blocks"]):
+        raise ValueError(f"sample must be in [0, {len(record['blocks'])}), got {sample}")
+    blocks, stages = record["blocks"][sample], record["stages"]
+    if len(blocks) != 1:
+        raise ValueError(f"record: sample {sample} holds {len(blocks)} videos; a picture shows exactly one")
+    slots, llm_grid = blocks[0]
+    if any("members" not in s for s in stages[1:]):
+        raise ValueError("record: only the first stage may run before the LLM")
+    pre = stages[0] if stages and "members" not in stages[0] else None
+    inner = stages[1:] if pre is not None else stages
+    if pre is not None:
+        if not isinstance(first, Tokens):
+            raise ValueError(f"first: the run has a pre-LLM stage ({pre['stage']}); pass its Tokens of this video")
+        at = torch.tensor(pre["slots"][sample], dtype=torch.long)
+        if at.numel() != len(first):
+            raise ValueError(f"first: {len(first)} tokens, but the record's pre-LLM stage placed {at.numel()}")
+        source, boxes, grid = first.source.cpu(), first.boxes.cpu(), first.grid
+    else:
+        if first is not None:
+            raise ValueError("first: the run has no pre-LLM stage; pass None")
+        grid = tuple(llm_grid)
+        at = torch.tensor(slots, dtype=torch.long)
+        n = at.numel()
+        if n != math.prod(grid):
+            raise ValueError(f"record: the video's block has {n} slots for a grid {grid}")
+        source = torch.arange(n)
+        cell = torch.arange(n)
+        t, y, x = cell // (grid[1] * grid[2]), cell // grid[2] % grid[1], cell % grid[2]
+        boxes = torch.stack([t, y, x, y + 1, x + 1], 1)
+    for stage in inner:
+        kept = torch.tensor(stage["kept"][sample], dtype=torch.long)
+        members = torch.tensor(stage["members"][sample], dtype=torch.long)
+        group = torch.tensor(stage["group"][sample], dtype=torch.long)
+        length = int(torch.cat([at, kept, members]).max()) + 1
+        lookup = torch.full((length,), -1, dtype=torch.long)  # sequence position -> current output
+        lookup[at] = torch.arange(at.numel())
+        rep, took = lookup[kept], lookup[members]
+        if bool((rep < 0).any()) or bool((took < 0).any()):
+            raise ValueError(f"record: {stage['stage']} kept a position that no earlier stage left to this video")
+        into = torch.full((at.numel(),), -1, dtype=torch.long)
+        into[took] = group
+        source = torch.where(source >= 0, into[source.clamp_min(0)], -1)
+        boxes = boxes[rep]
+        at = torch.tensor(stage["slots"][sample], dtype=torch.long)
+    info = {
+        "visual_in": int(record["tokens_in"][sample]),
+        "llm_grid": tuple(int(v) for v in llm_grid),
+        "stages": [(s["stage"], int(s["visual_out"][sample])) for s in stages],
+    }
+    return Tokens.from_source(torch.zeros(boxes.shape[0], 1), boxes, source, grid, info)
+
+
+def header_lines(tokens: Tokens) -> tuple[str, str]:
+    """The header's two lines under the title: the visual tokens through each stage (a run inside a model:
+    ``tokens.info`` from :func:`composed`), and what the picture draws on which grid."""
+    T, H, W = tokens.grid
+    singles, groups = int((tokens.sizes == 1).sum()), int((tokens.sizes > 1).sum())
+    dropped = int((tokens.source < 0).sum())
+    drawn = f"{singles} single, {plural(groups, 'merged group')}, {dropped} of {tokens.num_input} cells dropped"
+    stages = tokens.info.get("stages")
+    if not stages:
+        return f"{plural(len(tokens), 'token')} of {tokens.num_input}", f"drawn on the {T}x{H}x{W} grid: {drawn}"
+    llm = tuple(tokens.info["llm_grid"])
+    where = ["before the LLM" if label.endswith("@pre-LLM") else f"at {label.split('@')[-1]}" for label, _ in stages]
+    flow = " -> ".join([str(tokens.info["visual_in"])] + [f"{n} {w}" for (_, n), w in zip(stages, where)])
+    if llm == (T, H, W):
+        return f"visual tokens: {flow}", f"drawn on the {T}x{H}x{W} grid: {drawn}"
+    return (f"visual tokens: {flow} (the LLM's grid: {'x'.join(map(str, llm))})",
+            f"drawn on the {T}x{H}x{W} grid before pooling: {drawn}")
 
 
 def contact_sheet(
     frames, tokens: Tokens, columns: int | None = None, cell: int = 256, title: str | None = None
 ) -> Image.Image:
-    """A picture of what ``tokens`` kept of ``frames``: every frame on a grid of cells, dropped tokens dimmed,
+    """A picture of what ``tokens`` kept of ``frames``: every frame on a grid of tiles, dropped tokens dimmed,
     kept single tokens outlined, merged groups tinted (one colour per group) with the representative's box
-    outlined, a header line (``title``, by default the retention and counts) and a legend.
+    outlined, a header (``title``, by default the retention; then :func:`header_lines`) and a legend.
 
     Args:
         frames: uint8 [F, H, W, 3] RGB numpy array (a torch tensor is accepted too) of the frames the tokens
             were computed from; F = T of ``tokens.grid``, or a multiple of T when the model fuses F // T frames
             into one temporal token (Qwen-VL: 2).
-        tokens: a :class:`framepress.Tokens`.
+        tokens: a :class:`framepress.Tokens` (a run inside a model: :func:`composed`).
         columns: frames per row (default ``ceil(sqrt(F))``; at most F).
-        cell: side of the square each frame is fitted into, in pixels.
-        title: the header line.
+        cell: the longer side of each frame's tile, in pixels (the other follows the frames' aspect).
+        title: the header's first line.
     """
     frames, k = _check(frames, tokens)
     if title is not None and not isinstance(title, str):
@@ -189,8 +286,7 @@ def contact_sheet(
 
     for f in range(lay.frames):
         t = f // k
-        cx, cy = lay.cell_origin(f)
-        draw.rectangle([cx, cy, cx + lay.cell - 1, cy + lay.cell - 1], fill=CELL_BACKGROUND)
+        ox, oy = lay.frame_origin(f)
         img = np.asarray(Image.fromarray(frames[f]).resize((w, h), RESAMPLE), dtype=np.float32)
         src = source[t][pixel_row[:, None], pixel_col[None, :]]  # [h, w] output token of each pixel
         dropped = src < 0
@@ -199,9 +295,9 @@ def contact_sheet(
             safe = np.where(dropped, 0, src)
             tinted = ~dropped & merged[safe]
             img[tinted] = img[tinted] * (1.0 - TINT_ALPHA) + colours[safe[tinted]] * TINT_ALPHA
-        sheet.paste(Image.fromarray(np.rint(img).clip(0, 255).astype(np.uint8)), lay.frame_origin(f))
-        label = f"frame {f}" + (f", t={t}" if k > 1 else "") + f" ({int(per_frame[t])} tokens)"
-        _text(draw, (cx, cy - LABEL + 2), label, label_font, LABEL_TEXT, lay.cell)
+        sheet.paste(Image.fromarray(np.rint(img).clip(0, 255).astype(np.uint8)), (ox, oy))
+        label = f"frame {f}" + (f", t={t}" if k > 1 else "") + f" ({plural(int(per_frame[t]), 'token')})"
+        _text(draw, (ox, oy - LABEL + 2), label, label_font, LABEL_TEXT, w)
 
     # Outlines: each box on every frame showing its token frame; merged groups first, single tokens on top.
     token_px = min(h / H, w / W)
@@ -217,12 +313,10 @@ def contact_sheet(
 
     inner = lay.width - 2 * MARGIN
     if title is None:
-        singles = int((~merged).sum())
-        title = (
-            f"retention {tokens.retention:.2f}: {n} of {tokens.num_input} tokens "
-            f"({singles} kept, {n - singles} merged groups, {int((source < 0).sum())} dropped)"
-        )
-    _text(draw, (MARGIN, MARGIN + 3), title, _font(14), TEXT, inner)
+        title = f"retention {tokens.retention:.2f}: {len(tokens)} of {tokens.num_input} tokens"
+    _text(draw, (MARGIN, MARGIN + 1), title, _font(14), TEXT, inner)
+    for j, line in enumerate(header_lines(tokens)):
+        _text(draw, (MARGIN, MARGIN + 21 + 15 * j), line, label_font, LABEL_TEXT, inner)
     _legend(draw, lay)
     return sheet
 
@@ -277,13 +371,29 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def _words(text: str, font) -> tuple[list[str], list[float], float]:
+    """The words of a line, their widths and the gap drawn between two of them."""
+    words = text.split(" ")
+    gap = max(font.getlength(" "), WORD_GAP * getattr(font, "size", 11))
+    return words, [font.getlength(word) for word in words], gap
+
+
+def _line_width(text: str, font) -> float:
+    words, widths, gap = _words(text, font)
+    return sum(widths) + gap * (len(words) - 1)
+
+
 def _text(draw: ImageDraw.ImageDraw, xy, text: str, font, fill, max_width: int) -> None:
-    """Draw one line of text, cut with '...' to fit ``max_width`` pixels."""
-    if draw.textlength(text, font=font) > max_width:
-        while text and draw.textlength(text + "...", font=font) > max_width:
+    """Draw one line of text word by word with a readable gap, cut with '...' to fit ``max_width`` pixels."""
+    if _line_width(text, font) > max_width:
+        while text and _line_width(text + "...", font) > max_width:
             text = text[:-1]
         text += "..."
-    draw.text(xy, text, font=font, fill=fill)
+    words, widths, gap = _words(text, font)
+    x, y = xy
+    for word, width in zip(words, widths):
+        draw.text((x, y), word, font=font, fill=fill)
+        x += width + gap
 
 
 def _legend(draw: ImageDraw.ImageDraw, lay: SheetLayout) -> None:
@@ -291,17 +401,18 @@ def _legend(draw: ImageDraw.ImageDraw, lay: SheetLayout) -> None:
     per_line = min(max(inner // LEGEND_SLOT, 1), len(LEGEND))
     top = lay.height - MARGIN - lay.legend_lines * LEGEND_LINE
     font = _font(11)
+    tint = [tuple(round(a * (1 - TINT_ALPHA) + c * TINT_ALPHA) for a, c in zip(SWATCH, PALETTE[s])) for s in range(3)]
     for j, text in enumerate(LEGEND):
         line, slot = divmod(j, per_line)
         x, y = MARGIN + slot * LEGEND_SLOT, top + line * LEGEND_LINE + 3
         box = [x, y, x + 13, y + 13]
         if j == 0:  # kept: a plain swatch with the bright outline
-            draw.rectangle(box, fill=(150, 150, 150), outline=KEPT_OUTLINE, width=2)
+            draw.rectangle(box, fill=SWATCH, outline=KEPT_OUTLINE, width=2)
         elif j == 1:  # merged: three group tints
             for s, (a, b) in enumerate(((0, 4), (5, 8), (9, 13))):
-                tint = [round(150 * (1 - TINT_ALPHA) + c * TINT_ALPHA) for c in PALETTE[s]]
-                draw.rectangle([x + a, y, x + b, y + 13], fill=tuple(tint))
-            draw.rectangle(box, outline=PALETTE[0], width=1)
+                draw.rectangle([x + a, y, x + b, y + 13], fill=tint[s])
+        elif j == 2:  # a group's representative: its tint, outlined in its colour
+            draw.rectangle(box, fill=tint[0], outline=PALETTE[0], width=2)
         else:  # dropped: the swatch dimmed
-            draw.rectangle(box, fill=tuple([round(150 * (1 - DIM))] * 3))
+            draw.rectangle(box, fill=tuple(round(c * (1 - DIM)) for c in SWATCH))
         _text(draw, (x + 20, y - 1), text, font, TEXT, LEGEND_SLOT - 22)
