@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import framepress
+from framepress.models.base import output_cache
 from framepress.models.tiny import FAMILIES, VIDEO, random_frames, tiny_model, video_inputs
 
 transformers = pytest.importorskip("transformers")
@@ -211,7 +212,7 @@ def test_in_llm_layers_and_cache_lengths(model):
             h.remove()
     cut = L - n_visual + (n_visual + 1) // 2
     assert seen[0] == [L, L, cut, cut] and all(s == [1, 1, 1, 1] for s in seen[1:])
-    cache = out.past_key_values
+    cache = output_cache(out)
     assert [cache.get_seq_length(i) for i in range(4)] == [L + 2, L + 2, cut + 2, cut + 2]
 
 
@@ -270,6 +271,35 @@ def test_no_video_tokens_warns_once_and_does_nothing(llava, caplog):
         assert torch.equal(generate(llava, inputs, n=2), before)
         generate(llava, inputs, n=2)
     assert sum("no video tokens" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("method, params, miss", [
+    ("pool", {}, "video_blocks"),  # the hooks cannot find the video in the inputs
+    ("fastv", {}, "layer"),  # the in-LLM stage's layer hook never fires
+])
+def test_a_stage_that_did_not_run_is_an_error_not_a_silent_full_run(model, method, params, miss, monkeypatch):
+    inputs = inputs_for(model)
+    with framepress.apply(model, method, retention=0.25, **params) as handle:
+        patch = handle._patch
+        if miss == "video_blocks":
+            monkeypatch.setattr(patch.adapter, "video_blocks", lambda captured: [[] for _ in captured["input_ids"]])
+        else:
+            monkeypatch.setattr(patch, "_cut", lambda i, stage, hidden, args, kwargs: (args, kwargs))
+        with pytest.raises(RuntimeError, match=f"{method}@.* did not run on a prefill holding"):
+            generate(model, inputs, n=2)
+    monkeypatch.undo()
+    assert "_framepress_patch" not in model.__dict__
+    assert torch.equal(generate(model, inputs, n=2), generate(model, inputs, n=2))
+
+
+def test_the_kv_cache_is_found_under_any_name():
+    from framepress.models.base import cache_of
+
+    cache = transformers.DynamicCache()
+    assert cache_of({"past_key_values": cache}) is cache
+    assert cache_of({"cache": cache, "past_key_values": None}) is cache
+    assert cache_of({"kv": cache, "hidden_states": torch.zeros(1)}) is cache  # a future rename
+    assert cache_of({"hidden_states": torch.zeros(1)}) is None
 
 
 def test_bad_calls_raise_and_leave_nothing_patched(llava):

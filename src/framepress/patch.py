@@ -29,7 +29,7 @@ from . import checks, flops, registry
 from .api import compress
 from .layer import HEADS, LayerInputs
 from .models import Adapter, adapter_for
-from .models.base import _Restore
+from .models.base import _Restore, cache_of
 from .signals import attention_rows
 from .tokens import Tokens
 
@@ -213,6 +213,8 @@ class _Patch:
         self.current = _Pass()
         self.stats: collections.deque[dict[str, Any]] = collections.deque(maxlen=STATS_KEPT)
         self.warned = False
+        self.prefills = 0  # prefills this patch rewrote (or recorded), to check that each video prefill was seen
+        self.expecting: tuple[int, int] = (0, 0)  # (video tokens in the base forward now running, prefills before it)
         self.score_hooks: list[Any] = []
         self.unpooled_hooks: list[Any] = []
         self.scores: list[torch.Tensor] = []  # [frames, H, W] maps of the videos being encoded, in order
@@ -224,6 +226,7 @@ class _Patch:
     def install(self) -> None:
         a = self.adapter
         self.hooks.append(a.base.register_forward_pre_hook(self._on_base, with_kwargs=True))
+        self.hooks.append(a.base.register_forward_hook(self._after_base, with_kwargs=True))
         self.hooks.append(a.language_model.register_forward_pre_hook(self._on_lm, with_kwargs=True))
         for i, layer in enumerate(a.layers):
             self.hooks.append(layer.register_forward_pre_hook(functools.partial(self._on_layer, i), with_kwargs=True))
@@ -313,11 +316,37 @@ class _Patch:
             self.captured["video_grid_thw"] = kwargs["video_grid_thw"]
         self.captured["input_ids"] = ids
         self.captured["inputs_embeds"] = embeds if ids is None else None
+        videos = 0 if ids is None and embeds is None else int(self.adapter.video_mask(self.captured).sum())
+        self.expecting = (videos, self.prefills)
+
+    def _after_base(self, module, args, kwargs, output):
+        """Never silently uncompressed: a forward whose inputs hold video tokens must have been rewritten by
+        every installed stage (a transformers change, or inputs the hooks cannot read, would otherwise give
+        full-token answers and timings under a compression label)."""
+        videos, before = self.expecting
+        self.expecting = (0, self.prefills)
+        if not videos:
+            return None
+        if self.prefills == before:
+            raise RuntimeError(
+                f"framepress: the model's inputs hold {videos} video tokens, but its language model ran no prefill "
+                "that framepress saw (was the KV cache passed under a name this transformers version does not use?); "
+                "the output would be uncompressed, so it is refused"
+            )
+        ran = {record["stage"] for record in self.current.record["stages"]}
+        missing = [stage.label for stage in self.stages if stage.label not in ran]
+        if missing:
+            raise RuntimeError(
+                f"framepress: {', '.join(missing)} did not run on a prefill holding {videos} video tokens "
+                f"(framepress found {sum(self.current.original_visual)} of them in the language model's input); "
+                "the output would not be what was asked, so it is refused"
+            )
+        return None
 
     # the language model's entry -----------------------------------------------------------------------------
     def _on_lm(self, module, args, kwargs):
         embeds = kwargs.get("inputs_embeds")
-        cache = kwargs.get("past_key_values")
+        cache = cache_of(kwargs)
         if embeds is None:
             return None
         prefill = cache is None or cache.get_seq_length() == 0
@@ -348,6 +377,7 @@ class _Patch:
                     "blocks": [[(slots.tolist(), grid) for slots, grid in sample] for sample in p.blocks]}
         self.last_tokens = []
         self.stats.append(p.record)
+        self.prefills += 1
         if not any(p.original_visual):
             if not self.warned:
                 log.warning("framepress: the inputs hold no video tokens; compression does nothing")
@@ -452,7 +482,7 @@ class _Patch:
         if p.valid is None or not any(s.layer == i + 1 for s in self.stages):
             return
         hidden = kwargs.get("hidden_states", args[0] if args else None)
-        if hidden is None or not _prefill(kwargs.get("past_key_values"), i) or hidden.shape[1] != p.valid.shape[1]:
+        if hidden is None or not _prefill(cache_of(kwargs), i) or hidden.shape[1] != p.valid.shape[1]:
             return
         cos, sin = kwargs["position_embeddings"]
         p.signal[i + 1] = (module, hidden, cos, sin, p.valid)
@@ -463,7 +493,7 @@ class _Patch:
         if p.valid is None:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
-        cache = kwargs.get("past_key_values")
+        cache = cache_of(kwargs)
         prefill = _prefill(cache, i)
         stages = [s for s in self.stages if s.layer == i]
         if prefill and stages and any(p.original_visual):

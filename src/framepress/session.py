@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .models.base import cache_arg, output_cache
 from .patch import _Patch
 
 
@@ -38,7 +39,7 @@ class Session:
             with torch.no_grad():
                 out = model(**self.prefix, use_cache=True)
             self.prefill_seconds = time.perf_counter() - start
-            self._cache = out.past_key_values
+            self._cache = output_cache(out)
             self._pass = patch.current if patch is not None else None
             self._rope_deltas = getattr(model.model, "rope_deltas", None)
 
@@ -69,7 +70,7 @@ class Session:
             out = self.model.generate(
                 input_ids=question,
                 attention_mask=mask,
-                past_key_values=copy.deepcopy(self._cache),
+                **{cache_arg(): copy.deepcopy(self._cache)},
                 **generate_kwargs,
             )
             return _answer(out, question.shape[1])

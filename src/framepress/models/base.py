@@ -4,11 +4,38 @@ sequence, and how the family numbers positions. Everything else (hooks, sequence
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+
+@functools.cache
+def cache_arg() -> str:
+    """The name under which a forward takes and returns the KV cache: transformers 5.24 renamed
+    ``past_key_values`` to ``cache`` (the old keyword still works on the way in, with a deprecation warning)."""
+    from transformers import modeling_outputs
+
+    return "cache" if "cache" in modeling_outputs.BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def cache_of(kwargs: dict[str, Any]) -> Any:
+    """The KV cache handed to a forward: under either name (a caller may still use the deprecated one), or
+    any transformers ``Cache`` among the arguments, so that a future rename cannot make every decode step look
+    like a prefill."""
+    from transformers.cache_utils import Cache
+
+    for name in ("cache", "past_key_values"):
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return next((value for value in kwargs.values() if isinstance(value, Cache)), None)
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward returned, under this transformers' name."""
+    return getattr(out, cache_arg())
 
 
 @dataclass(frozen=True)
