@@ -7,6 +7,7 @@ the official codes do after up-casting from the model dtype.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Union
 
@@ -20,15 +21,59 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Unit vectors along the last dim, as ``torch.nn.functional.cosine_similarity`` forms them (norm clamped
-    at ``eps``), so that ``(normalize(a) * normalize(b)).sum(-1)`` equals it bit for bit."""
+    at ``eps``), so that ``(normalize(a) * normalize(b)).sum(-1)`` equals it bit for bit. A row whose norm
+    overflows is divided by its largest entry first (:func:`_overflowed`)."""
     x = x.to(compute_dtype(x.dtype))
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+    norm = x.norm(dim=-1, keepdim=True)
+    return _overflowed(x, norm, x / norm.clamp_min(eps))
 
 
 def normalize_shifted(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Unit vectors as ``x / (||x|| + eps)``: the form the official STTM temporal step uses (spec sttm §2.5.2)."""
     x = x.to(compute_dtype(x.dtype))
-    return x / (x.norm(dim=-1, keepdim=True) + eps)
+    norm = x.norm(dim=-1, keepdim=True)
+    return _overflowed(x, norm, x / (norm + eps))
+
+
+def _overflowed(x: torch.Tensor, norm: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """``unit``, with the rows whose squared norm overflowed (norm inf, |x| < inf) made exact unit vectors of
+    x / max|x| (the eps is negligible there). Ordinary rows keep their bits."""
+    big = torch.isinf(norm).squeeze(-1)
+    if bool(big.any()):
+        rows = x[big] / x[big].abs().amax(-1, keepdim=True)
+        unit[big] = rows / rows.norm(dim=-1, keepdim=True)
+    return unit
+
+
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """[N] L2 norms of the rows of x [N, C] in the compute dtype, in their order even where squares overflow
+    (then the norms of x / s, s a power of two near max |x|: the same order, finite)."""
+    x = x.to(compute_dtype(x.dtype))
+    norm = torch.linalg.vector_norm(x, dim=-1)
+    if bool(torch.isinf(norm).any()):
+        norm = torch.linalg.vector_norm(x / power_of_two_above(x), dim=-1)
+    return norm
+
+
+def power_of_two_above(x: torch.Tensor) -> float:
+    """A power of two near max |x| (1 for an all-zero x): dividing by it is exact and leaves |x| <= 1 (<= 2
+    beyond 2**1023, the largest power of two a float holds)."""
+    return power_of_two(float(x.abs().amax()) if x.numel() else 0.0)
+
+
+def power_of_two(peak: float) -> float:
+    """The smallest power of two at least ``peak`` (at most 2**1023; 1 for 0)."""
+    return 2.0 ** min(math.frexp(peak)[1], 1023) if peak > 0 else 1.0
+
+
+def safe_mean(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x.mean(dim)`` in x's dtype; where the sum overflows, the mean of x / 2**k times 2**k (2**k >= the
+    count, so no partial sum exceeds max |x|)."""
+    mean = x.mean(dim)
+    if not bool(torch.isfinite(mean).all()):
+        k = 2.0 ** math.frexp(x.shape[dim])[1]
+        mean = (x / k).mean(dim) * k
+    return mean
 
 
 #: Work on CPU in slices of about this many bytes: large temporaries cost page faults, small ones stay cached.
@@ -130,13 +175,23 @@ def group_mean(rows: Rows, group: torch.Tensor, n_groups: int, weight: torch.Ten
     and the result is returned in the rows' dtype."""
     parts, sample = _row_chunks(rows, group.numel(), group.device)
     cd = compute_dtype(sample.dtype)
-    total = torch.zeros(n_groups, sample.shape[1], dtype=cd, device=sample.device)
-    for part in parts:
-        x = _take(rows, torch.arange(part.start, part.stop, device=group.device)).to(cd)
-        total.index_add_(0, group[part], x if weight is None else x * weight[part, None].to(cd))
+
+    def sums(scale: float) -> torch.Tensor:
+        total = torch.zeros(n_groups, sample.shape[1], dtype=cd, device=sample.device)
+        for part in parts:
+            x = _take(rows, torch.arange(part.start, part.stop, device=group.device)).to(cd)
+            x = x if scale == 1 else x / scale
+            total.index_add_(0, group[part], x if weight is None else x * weight[part, None].to(cd))
+        return total
+
+    total, scale = sums(1.0), 1.0
+    if not bool(torch.isfinite(total).all()):  # the sums overflowed: sum x / 2**k, 2**k >= the rows summed
+        scale = 2.0 ** math.frexp(group.numel())[1]
+        total = sums(scale)
     w = torch.ones(group.numel(), dtype=cd, device=group.device) if weight is None else weight.to(cd)
     count = torch.zeros(n_groups, dtype=cd, device=group.device).index_add_(0, group, w)
-    return total.div_(count.clamp_min(torch.finfo(cd).tiny)[:, None]).to(sample.dtype)  # an empty group is 0
+    mean = total.div_(count.clamp_min(torch.finfo(cd).tiny)[:, None])  # an empty group is 0
+    return (mean if scale == 1 else mean * scale).to(sample.dtype)
 
 
 def gram(x: torch.Tensor, block: int = 1024) -> torch.Tensor:
@@ -161,6 +216,10 @@ def pairwise_distances(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     symmetric :func:`gram`, then in-place steps on it (no other N x N temporaries); zeros on the diagonal."""
     d = gram(x)
     sq = d.diagonal().clone()
+    if not bool((sq <= torch.finfo(d.dtype).max / 4).all()):  # squares overflow: distances of x / s, times s, capped
+        s = power_of_two_above(x)
+        d = pairwise_distances(x.to(d.dtype) / s, scale)
+        return d.mul_(s).clamp_(max=torch.finfo(d.dtype).max)
     d.mul_(-2).add_(sq[:, None]).add_(sq[None, :]).clamp_(min=0).sqrt_().mul_(scale)
     return d.fill_diagonal_(0)
 

@@ -6,10 +6,16 @@ parameters. A "pre-llm" method takes a [T, H, W, C] tensor of visual features; a
 :class:`~framepress.layer.LayerInputs` of decoder layer K (its visual hidden states and attention signals) and
 returns tokens over those N visual tokens as a (1, 1, N) grid. The decorator reads the parameters and their defaults from the
 signature, so the table of methods and the check for unknown parameters never drift from the code.
+
+A method's value checks that need no input (types, ranges, how parameters combine) are one ``check`` function
+registered beside it: :meth:`Method.bind` runs it, so ``framepress.apply`` refuses a bad value at once, and the
+registered function runs it on every call, so the same code validates both. Checks that need the grid (a window
+larger than the frame, more frames than the clip) stay in the method.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +48,9 @@ class Method:
     default_layer: int | None = None
     inner: tuple[str, float] | None = None  # (in-LLM method, default share it keeps) run after this one in a model
     grid: str = "model"  # "unpooled": in a model it takes the grid before the family's own pooling
+    check: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # value checks: all parameters in, checked out
+    shown: Mapping[str, str] | None = None  # what a default of None means, for the table of methods
+    scale_invariant: bool = False  # tokens unchanged and features scaled when x is scaled (cosines and means only)
 
     @property
     def summary(self) -> str:
@@ -52,8 +61,15 @@ class Method:
     def required(self) -> tuple[str, ...]:
         return tuple(k for k, v in self.params.items() if v is _REQUIRED)
 
+    @property
+    def defaults(self) -> dict[str, str]:
+        """Each parameter's default as the table of methods shows it ("required" for one without)."""
+        shown = self.shown or {}
+        return {k: shown.get(k, "required" if v is _REQUIRED else repr(v)) for k, v in self.params.items()}
+
     def bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Check parameter names against the signature; unknown or missing ones raise naming the argument."""
+        """Check parameter names against the signature and values with the method's ``check``; a bad one raises
+        naming the argument. Returns every parameter given or defaulted, as the check normalized it."""
         unknown = sorted(set(params) - set(self.params))
         if unknown:
             accepted = ", ".join(self.params) or "none"
@@ -63,7 +79,9 @@ class Method:
         missing = [k for k in self.required if k not in params]
         if missing:
             raise ValueError(f"method {self.name!r} needs the parameter(s) {', '.join(missing)}")
-        return dict(params)
+        full = {k: v for k, v in self.params.items() if v is not _REQUIRED}
+        full.update(params)
+        return self.check(full) if self.check is not None else full
 
 
 _METHODS: dict[str, Method] = {}
@@ -79,11 +97,20 @@ def register(
     layer: int | None = None,
     inner: tuple[str, float] | None = None,
     grid: str = "model",
+    check: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    shown: Mapping[str, str] | None = None,
+    scale_invariant: bool = False,
 ) -> Callable[[Callable[..., Tokens]], Callable[..., Tokens]]:
     """Register ``fn(x, budget, *, **params)`` under ``name``; an in-LLM method gives its paper's ``layer``; a
     pre-LLM method whose paper adds an in-LLM part names it in ``inner`` with the share of the pre-LLM tokens it
     keeps by default (so ``framepress.apply`` runs both, "A%/B%"); ``grid="unpooled"`` asks a model for its grid
-    before the family's own 2x2 pooling (which the method then replaces)."""
+    before the family's own 2x2 pooling (which the method then replaces).
+
+    ``check(params) -> params`` validates and normalizes the values of all parameters (defaults filled in)
+    without the input; the function returned (and registered) runs it before every call. ``shown`` gives the
+    table's text for defaults of None that stand for a value ("T//2"). ``scale_invariant`` says the method reads
+    only cosines and forms only means and sums, so ``compress`` may rescale an input of extreme magnitude by a
+    power of two (exactly) and scale the features back."""
     if budget not in BUDGET_KINDS:
         raise ValueError(f"budget must be one of {sorted(BUDGET_KINDS)}, got {budget!r}")
     if stage not in STAGES or (stage == "in-llm") != (layer is not None):
@@ -96,8 +123,16 @@ def register(
         params = {
             p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
         }
-        _METHODS[name] = Method(name, fn, paper, budget, stage, query_aware, params, layer, inner, grid)
-        return fn
+
+        @functools.wraps(fn)
+        def checked(x, n_tokens, **kwargs):
+            return fn(x, n_tokens, **method.bind(kwargs))
+
+        method = Method(
+            name, checked, paper, budget, stage, query_aware, params, layer, inner, grid, check, shown, scale_invariant
+        )
+        _METHODS[name] = method
+        return checked
 
     return decorate
 

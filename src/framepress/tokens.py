@@ -133,6 +133,8 @@ class Tokens:
             problems.append(f"source must be int64 [{T * H * W}], got {tuple(self.source.shape)}")
         if problems:
             raise ValueError("; ".join(problems))
+        if n == 0 and T * H * W > 0:
+            problems.append(f"no output token for a non-empty {T}x{H}x{W} grid (a method keeps at least one)")
         t, y0, x0, y1, x1 = self.boxes.unbind(1)
         if not bool(((t >= 0) & (t < T) & (y0 >= 0) & (x0 >= 0) & (y1 <= H) & (x1 <= W)).all()):
             problems.append("a box lies outside the grid")

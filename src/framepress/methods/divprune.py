@@ -14,7 +14,12 @@ from ..registry import register
 from ..tokens import Tokens
 
 
-@register("divprune", paper="Alvar et al., DivPrune: Diversity-based Visual Token Pruning, CVPR 2025", budget="exact")
+@register(
+    "divprune",
+    paper="Alvar et al., DivPrune: Diversity-based Visual Token Pruning, CVPR 2025",
+    budget="exact",
+    scale_invariant=True,
+)
 def divprune(x: torch.Tensor, budget: int | None) -> Tokens:
     """Greedy max-min diversity: keep the tokens farthest (in cosine distance) from those already kept.
 

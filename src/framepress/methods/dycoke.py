@@ -24,7 +24,13 @@ def references(frames: int, window: int = 4) -> torch.Tensor:
     return torch.where(pos == 0, -1, ref)
 
 
-@register("dycoke", paper="Tao et al., DyCoke: Dynamic Compression of Tokens for Fast Video LLMs, CVPR 2025", budget="exact")
+@register(
+    "dycoke",
+    paper="Tao et al., DyCoke: Dynamic Compression of Tokens for Fast Video LLMs, CVPR 2025",
+    budget="exact",
+    check=lambda p: {"prune": checks.number("prune", p["prune"], 0.0, 1.0)},
+    scale_invariant=True,
+)
 def dycoke(x: torch.Tensor, budget: int | None, *, prune: float = 0.7) -> Tokens:
     """Keep each 4-frame window's first frame; from the others, their tokens least similar to their reference
     frame at the same position.
@@ -36,7 +42,6 @@ def dycoke(x: torch.Tensor, budget: int | None, *, prune: float = 0.7) -> Tokens
     With a retention the first frames stay whole and the rest of the budget is spread over the other frames by
     largest remainder (exact); a budget below the first frames' tokens (about 25%) is a clear error.
     """
-    prune = checks.number("prune", prune, 0.0, 1.0)
     T, H, W, C = x.shape
     n = H * W
     ref = references(T).to(x.device)

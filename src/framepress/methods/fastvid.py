@@ -52,7 +52,7 @@ def frame_features(x: torch.Tensor) -> torch.Tensor:
     cd = ops.compute_dtype(x.dtype)
     g = torch.empty(T, C, dtype=cd, device=x.device)
     for part in ops.frame_chunks(x):
-        g[part] = x[part].reshape(-1, H * W, C).to(cd).mean(1)
+        g[part] = ops.safe_mean(x[part].reshape(-1, H * W, C).to(cd), 1)
     return g
 
 
@@ -128,24 +128,40 @@ def nearest_anchor(rows: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     target = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
     item = (rows.shape[1] + anchors.shape[0]) * torch.finfo(unit.dtype).bits // 8
     for part in ops.chunks(rows.shape[0], item, rows.device):
-        target[part] = (rows[part].to(unit.dtype) @ unit.T).argmax(1)
+        block = rows[part].to(unit.dtype)
+        dots = block @ unit.T
+        if not bool(torch.isfinite(dots).all()):  # huge rows: the same order from rows / 2**k
+            dots = (block / ops.power_of_two_above(block)) @ unit.T
+        target[part] = dots.argmax(1)
     return target
 
 
-def group_sums(rows: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """[n_groups, C] sums of the rows [M, C] of each group in the compute dtype; rows of group ``n_groups`` are
-    left out. Rows are read in place, a contiguous chunk at a time."""
+def group_sums(rows: torch.Tensor, group: torch.Tensor, n_groups: int, scale: float = 1.0) -> torch.Tensor:
+    """[n_groups, C] sums of the rows [M, C] of each group divided by ``scale``, in the compute dtype; rows of
+    group ``n_groups`` are left out. Rows are read in place, a contiguous chunk at a time."""
     cd = ops.compute_dtype(rows.dtype)
     total = torch.zeros(n_groups + 1, rows.shape[1], dtype=cd, device=rows.device)
     for part in ops.chunks(rows.shape[0], rows.shape[1] * torch.finfo(cd).bits // 8, rows.device):
-        total.index_add_(0, group[part], rows[part].to(cd))
+        total.index_add_(0, group[part], rows[part].to(cd) if scale == 1 else rows[part].to(cd) / scale)
     return total[:n_groups]
+
+
+def check(p: dict) -> dict:
+    """FastVID's parameter values (run at apply and at every call)."""
+    p["min_segments"] = checks.integer("min_segments", p["min_segments"], 1)
+    p["tau"] = checks.number("tau", p["tau"], -1.0, 1.0)
+    p["context_share"] = checks.number("context_share", p["context_share"], 0.0, 1.0)
+    p["anchor_stride"] = checks.integer("anchor_stride", p["anchor_stride"], 1)
+    p["beta"] = checks.number("beta", p["beta"], 0.0, 1.0)
+    p["k"] = checks.integer("k", p["k"], 1)
+    return p
 
 
 @register(
     "fastvid",
     paper="Shen et al., FastVID: Dynamic Density Pruning for Fast Video Large Language Models, NeurIPS 2025 (arXiv 2503.11187)",
     budget="exact",
+    check=check,
 )
 def fastvid(
     x: torch.Tensor,
@@ -177,12 +193,6 @@ def fastvid(
     slot keeps nothing, and a segment with no context slot drops its non-salient tokens. ``info``: the segment
     lengths and the numbers of salient and context tokens.
     """
-    min_segments = checks.integer("min_segments", min_segments, 1)
-    tau = checks.number("tau", tau, -1.0, 1.0)
-    context_share = checks.number("context_share", context_share, 0.0, 1.0)
-    anchor_stride = checks.integer("anchor_stride", anchor_stride, 1)
-    beta = checks.number("beta", beta, 0.0, 1.0)
-    k = checks.integer("k", k, 1)
     if budget is None:
         raise ValueError("fastvid needs a retention (its budget)")
     T, H, W, C = x.shape
@@ -238,7 +248,12 @@ def fastvid(
         weight = (1 / (count + 1)).clamp_min(beta)
         grew = count[:, 0] > 1  # an anchor nothing else joined stays exactly itself
         a = flat[anchors[grew]].to(sums.dtype)
-        blend = weight[grew] * a + (1 - weight[grew]) * sums[grew] / count[grew]
+        if bool(torch.isfinite(sums).all()):
+            blend = weight[grew] * a + (1 - weight[grew]) * sums[grew] / count[grew]
+        else:  # the sums overflowed: sum x / 2**k (2**k >= the rows) and blend in that scale
+            k = 2.0 ** math.frexp(flat.shape[0])[1]
+            sums = group_sums(flat, group, A, k)
+            blend = (weight[grew] * (a / k) + (1 - weight[grew]) * sums[grew] / count[grew]) * k
         out[slot[anchors[grew]]] = blend.to(x.dtype)
     info = {"segments": lengths, "salient": int(salient_flat.sum()), "context": int(anchors.numel())}
     return Tokens.at_representatives(x, out, kept, source, info)

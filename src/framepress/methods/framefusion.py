@@ -38,6 +38,10 @@ def run_starts(merge: torch.Tensor) -> torch.Tensor:
     budget="exact",
     stage="in-llm",
     layer=1,
+    check=lambda p: {
+        "similarity": checks.number("similarity", p["similarity"], -1.0, 1.0),
+        "cost": checks.optional(checks.number, "cost", p["cost"], 0.0, 1.0),
+    },
 )
 def framefusion(inputs: LayerInputs, budget: int | None, *, similarity: float = 0.6, cost: float | None = None) -> Tokens:
     """Merge same-position tokens of consecutive frames whose cosine is >= ``similarity`` (cascading along time),
@@ -48,7 +52,6 @@ def framefusion(inputs: LayerInputs, budget: int | None, *, similarity: float = 
         cost: the compute budget of the paper: the average share of visual tokens over all layers (layers before
             K hold all of them), instead of a retention. With neither, merging alone decides.
     """
-    similarity = checks.number("similarity", similarity, -1.0, 1.0)
     if cost is not None and budget is not None:
         raise ValueError("framefusion: give retention or cost, not both")
     if inputs.grid is None:
@@ -57,7 +60,6 @@ def framefusion(inputs: LayerInputs, budget: int | None, *, similarity: float = 
     visual = inputs.visual
     n, c = visual.shape
     if cost is not None:
-        cost = checks.number("cost", cost, 0.0, 1.0)
         L, K = inputs.n_layers, inputs.layer
         share = (L * cost - K) / (L - K)
         if share <= 0:

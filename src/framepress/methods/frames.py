@@ -15,7 +15,14 @@ def uniform_indices(total: int, n: int, device: torch.device | None = None) -> t
     return torch.linspace(0, total - 1, n, dtype=torch.float64, device=device).floor().long()
 
 
-@register("frames", paper="uniform frame subsampling", budget="steps")
+@register(
+    "frames",
+    paper="uniform frame subsampling",
+    budget="steps",
+    check=lambda p: {"num_frames": checks.optional(checks.integer, "num_frames", p["num_frames"], 1)},
+    shown={"num_frames": "T//2"},
+    scale_invariant=True,
+)
 def frames(x: torch.Tensor, budget: int | None, *, num_frames: int | None = None) -> Tokens:
     """Keep ``num_frames`` whole frames, evenly spread; drop the others.
 

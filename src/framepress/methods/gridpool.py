@@ -79,19 +79,79 @@ def mosaics(x: torch.Tensor, group_sizes: tuple[int, ...], strides: tuple[int, .
 
 def norm_pool(x: torch.Tensor, kernel: int, padding: int = 0, temp: float = 1.0, p: float = 2.0) -> torch.Tensor:
     """NSP on [T, H, W, C] -> [T, Ho, Wo, C]: per window (kernel x kernel, stride = kernel, zero padding), the
-    softmax of temp * ||t||_p / d^(1/p) over the window weighs its tokens. Computed in float32."""
+    softmax of temp * ||t||_p / d^(1/p) over the window weighs its tokens. Computed in float32 (float64 for
+    float64); where |t|^p would overflow or underflow, the norms are formed from t / s and the softmax from
+    differences to each window's largest norm (s a power of two near the largest |t|): the same weights."""
     T, H, W, C = x.shape
     cd = ops.compute_dtype(x.dtype)
     frames = x.permute(0, 3, 1, 2).to(cd)
-    norm = frames.abs().pow(p).sum(1, keepdim=True).pow(1 / p) / C ** (1 / p)
     windows = F.unfold(frames, kernel, padding=padding, stride=kernel)  # [T, C*k*k, L]
-    weights = F.unfold(norm, kernel, padding=padding, stride=kernel).mul(temp).softmax(1)  # [T, k*k, L]
+    s = _norm_scale(frames, p, C)
+    if s is None:  # the official formula, bit for bit
+        norm = frames.abs().pow(p).sum(1, keepdim=True).pow(1 / p) / C ** (1 / p)
+        weights = F.unfold(norm, kernel, padding=padding, stride=kernel).mul(temp).softmax(1)  # [T, k*k, L]
+    else:
+        norm = frames.div(s).abs().pow(p).mean(1, keepdim=True).pow(1 / p)  # ||t||_p / d^(1/p) / s, at most 2
+        logits = F.unfold(norm, kernel, padding=padding, stride=kernel)
+        weights = (logits - logits.amax(1, keepdim=True)).mul(temp).mul(s).softmax(1)
     pooled = (windows.view(T, C, kernel * kernel, -1) * weights[:, None]).sum(2)
     ho, wo = (H + 2 * padding - kernel) // kernel + 1, (W + 2 * padding - kernel) // kernel + 1
     return pooled.view(T, C, ho, wo).permute(0, 2, 3, 1).to(x.dtype)
 
 
-@register("gridpool", paper="Luo et al., ST-GridPool (PTG + NSP), ICLR 2026 (arXiv 2605.22078)", budget="exact", grid="unpooled")
+def _norm_scale(frames: torch.Tensor, p: float, C: int) -> float | None:
+    """None when sum |t|^p is safe in the compute dtype (no overflow, the largest term not below the smallest
+    normal), else a power of two near the largest |t| to divide by first."""
+    peak = float(frames.abs().amax()) if frames.numel() else 0.0
+    if peak == 0:
+        return None
+    info = torch.finfo(frames.dtype)
+    log_term = p * math.log2(peak)  # log2 of the largest |t|^p
+    if math.log2(info.tiny) < log_term and log_term + math.log2(C) < math.log2(info.max) - 1:
+        return None
+    return ops.power_of_two(peak)
+
+
+def check(params: dict) -> dict:
+    """ST-GridPool's parameter values, without the input (run at apply and at every call); the kernel and
+    padding against the grid are checked in :func:`gridpool`."""
+    params["setting"] = checks.choice("setting", params["setting"], tuple(SETTINGS))
+    params["ptg"] = checks.flag("ptg", params["ptg"])
+    params["nsp"] = checks.flag("nsp", params["nsp"])
+    params["kernel"] = checks.optional(checks.integer, "kernel", params["kernel"], 1)
+    params["padding"] = checks.integer("padding", params["padding"], 0)
+    if params["kernel"] is not None:
+        _check_padding(params["kernel"], params["padding"])
+    params["temp"] = checks.number("temp", params["temp"], 0.0, 1e4)
+    params["p"] = checks.number("p", params["p"], 0.5, 16.0)
+    params["group_sizes"] = checks.integers("group_sizes", params["group_sizes"], 1, MAX_GROUP)
+    params["strides"] = checks.integers("strides", params["strides"], 1)
+    if len(params["group_sizes"]) != len(params["strides"]):
+        raise ValueError(
+            f"group_sizes and strides must pair up per level, got {params['group_sizes']} and {params['strides']}"
+        )
+    return params
+
+
+#: The most frames one PTG mosaic tiles (a group of 64 is an 8x8 mosaic of 1/8-size tiles).
+MAX_GROUP = 64
+
+
+def _check_padding(kernel: int, padding: int) -> None:
+    """Zero padding of at most half the window (as torch's pooling requires): every window then holds a cell of
+    the grid, so no token has an empty box."""
+    if padding > kernel // 2:
+        raise ValueError(f"padding must be at most half the kernel (kernel={kernel}: at most {kernel // 2}), got {padding}")
+
+
+@register(
+    "gridpool",
+    paper="Luo et al., ST-GridPool (PTG + NSP), ICLR 2026 (arXiv 2605.22078)",
+    budget="exact",
+    grid="unpooled",
+    check=check,
+    shown={"kernel": "2 for 4:1, 3 for 8:1"},
+)
 def gridpool(
     x: torch.Tensor,
     budget: int | None,
@@ -119,26 +179,19 @@ def gridpool(
     its tokens of highest RMS norm (NSP's own saliency signal) in order: exactly the budget. Rows and columns no
     window reaches (row 26 of a 27x27 grid with 2x2 windows) are dropped, as in the official code.
     """
-    setting = checks.choice("setting", setting, tuple(SETTINGS))
-    padding = checks.integer("padding", padding, 0)
-    temp = checks.number("temp", temp, 0.0, 1e4)
-    p = checks.number("p", p, 0.5, 16.0)
-    if len(group_sizes) != len(strides):
-        raise ValueError(f"group_sizes and strides must pair up per level, got {group_sizes} and {strides}")
-    for name, values in (("group_sizes", group_sizes), ("strides", strides)):
-        for v in values:
-            checks.integer(name, v, 1)
     if budget is not None and kernel is not None:
         raise ValueError("gridpool: give retention or kernel, not both")
     T, H, W, C = x.shape
-    replaced, written = ptg_frames(x, tuple(group_sizes), tuple(strides)) if ptg else ({}, [])
+    if padding > max(H, W) // 2:  # before any work: PTG and the window search are bounded by the grid
+        raise ValueError(f"padding must be at most half the {H}x{W} grid's larger side ({max(H, W) // 2}), got {padding}")
     if not nsp:
         kernel = 1
     elif kernel is None:  # a grid smaller than the native window gets the largest window that fits
         kernel = _kernel_for(budget, T, H, W, padding) if budget is not None else min(SETTINGS[setting], H + 2 * padding, W + 2 * padding)
-    kernel = checks.integer("kernel", kernel, 1)
-    if (H + 2 * padding) < kernel or (W + 2 * padding) < kernel:
+    if kernel > max(H, W) or (H + 2 * padding) < kernel or (W + 2 * padding) < kernel:
         raise ValueError(f"kernel={kernel} with padding={padding} does not fit the {H}x{W} grid")
+    _check_padding(kernel, padding)
+    replaced, written = ptg_frames(x, group_sizes, strides) if ptg else ({}, [])
     ho, wo = (H + 2 * padding - kernel) // kernel + 1, (W + 2 * padding - kernel) // kernel + 1
     pooled = x.new_empty(T, ho, wo, C)
     for frames in ops.frame_chunks(x):  # a few frames at a time, PTG's mosaics swapped in
@@ -168,8 +221,7 @@ def gridpool(
     features = pooled.reshape(-1, C)
     info = {"kernel": kernel, "grid": (ho, wo), "ptg_written": written}
     if budget is not None and features.shape[0] > budget:
-        rms = features.float().pow(2).mean(1)
-        keep = ops.top_indices(rms, budget)
+        keep = ops.top_indices(ops.row_norms(features), budget)  # the order of RMS norms
         remap = torch.full((features.shape[0],), -1, dtype=torch.long, device=dev)
         remap[keep] = torch.arange(budget, device=dev)
         source = torch.where(source >= 0, remap[source.clamp_min(0)], -1)
@@ -178,12 +230,13 @@ def gridpool(
 
 
 def _kernel_for(budget: int, T: int, H: int, W: int, padding: int) -> int:
-    """The finest NSP window (kernel 1 = no pooling) whose output still holds ``budget`` tokens."""
+    """The finest NSP window (kernel 1 = no pooling) whose output still holds ``budget`` tokens, among the
+    windows that fit the grid with this padding (at most half the window)."""
     best = None
-    for k in range(1, max(H, W) + 2 * padding + 1):
+    for k in range(max(1, 2 * padding), max(H, W) + 1):
         count = T * ((H + 2 * padding - k) // k + 1) * ((W + 2 * padding - k) // k + 1)
         if k <= min(H, W) + 2 * padding and count >= budget:
             best = k
     if best is None:
-        raise ValueError(f"retention asks for {budget} tokens, more than gridpool can give")
+        raise ValueError(f"retention asks for {budget} tokens, more than gridpool can give with padding={padding}")
     return best

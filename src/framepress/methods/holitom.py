@@ -65,11 +65,21 @@ def largest_remainder(quotas: torch.Tensor, caps: torch.Tensor, total: int) -> t
     return counts
 
 
+def check(p: dict) -> dict:
+    """HoliTom's parameter values (run at apply and at every call)."""
+    p["tau"] = checks.number("tau", p["tau"], -1.0, 1.0)
+    p["beta"] = checks.number("beta", p["beta"], 0.0, 1.0)
+    p["k"] = checks.integer("k", p["k"], 1)
+    p["max_window"] = checks.integer("max_window", p["max_window"], 2)
+    return p
+
+
 @register(
     "holitom",
     paper="Shao et al., HoliTom: Holistic Token Merging for Fast Video LLMs, NeurIPS 2025 (arXiv 2505.21334)",
     budget="exact",
     inner=("holitom_merge", 0.5),
+    check=check,
 )
 def holitom(
     x: torch.Tensor,
@@ -92,10 +102,6 @@ def holitom(
         k: DPC-KNN neighbours (7, or fewer when there are fewer clusters).
         max_window: the longest temporal window (1024).
     """
-    tau = checks.number("tau", tau, -1.0, 1.0)
-    beta = checks.number("beta", beta, 0.0, 1.0)
-    k = checks.integer("k", k, 1)
-    max_window = checks.integer("max_window", max_window, 2)
     if budget is None:
         raise ValueError("holitom needs a retention (its budget)")
     T, H, W, C = x.shape
@@ -135,13 +141,13 @@ def holitom(
             made += count
             continue
         positions = torch.nonzero(static[w]).squeeze(1)
-        averaged = grid[first : last + 1, positions].float().mean(0)
+        averaged = ops.safe_mean(grid[first : last + 1, positions].to(ops.compute_dtype(x.dtype)), 0)
         distances = ops.pairwise_distances(averaged, scale=1 / math.sqrt(C))
         centers, cluster = ops.dpc_knn(distances, count, min(k, count))
         is_center = torch.zeros(positions.numel(), dtype=torch.bool, device=dev)
         is_center[centers] = True
         others = torch.bincount(cluster, minlength=count) - 1
-        weight = torch.where(is_center, beta, (1 - beta) / others[cluster].clamp_min(1).double()).float()
+        weight = torch.where(is_center, beta, (1 - beta) / others[cluster].clamp_min(1).double()).to(averaged.dtype)
         weight = torch.where(is_center & (others[cluster] == 0), 1.0, weight)
         feats.append(ops.group_mean(averaged, cluster, count, weight).to(x.dtype))
         source[first : last + 1, positions] = made + cluster

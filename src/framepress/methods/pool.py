@@ -38,7 +38,28 @@ def _windows(n: int, m: int, device: torch.device) -> tuple[torch.Tensor, torch.
     return owner, (i * n) // m, -((-(i + 1) * n) // m)
 
 
-@register("pool", paper="LLaVA-OneVision / LLaVA-Video spatial pooling (Li et al. 2024; Zhang et al. 2024)", budget="steps")
+def check(p: dict) -> dict:
+    """Pooling's parameter values (run at apply and at every call); ``size`` against the grid is checked in
+    :func:`pool`."""
+    p["mode"] = checks.choice("mode", p["mode"], MODES)
+    if p["stride"] is not None and p["size"] is not None:
+        raise ValueError("pool: give one of retention, stride or size")
+    p["stride"] = checks.optional(checks.integer, "stride", p["stride"], 1)
+    if p["size"] is not None:
+        if not (isinstance(p["size"], (tuple, list)) and len(p["size"]) == 2):
+            raise TypeError(f"size must be a pair (h, w), got {p['size']!r}")
+        p["size"] = tuple(checks.integer(f"size[{i}]", v, 1) for i, v in enumerate(p["size"]))
+    return p
+
+
+@register(
+    "pool",
+    paper="LLaVA-OneVision / LLaVA-Video spatial pooling (Li et al. 2024; Zhang et al. 2024)",
+    budget="steps",
+    check=check,
+    shown={"stride": "2"},
+    scale_invariant=True,
+)
 def pool(
     x: torch.Tensor,
     budget: int | None,
@@ -58,20 +79,17 @@ def pool(
     With a budget, the largest grid of the input's aspect ratio within it. Boxes are the input window of each
     cell; each input token belongs to the cell whose window starts at or before it.
     """
-    mode = checks.choice("mode", mode, MODES)
     T, H, W, C = x.shape
     if sum(v is not None for v in (budget, stride, size)) > 1:
         raise ValueError("pool: give one of retention, stride or size")
     if size is not None:
-        if not (isinstance(size, (tuple, list)) and len(size) == 2):
-            raise TypeError(f"size must be a pair (h, w), got {size!r}")
         h, w = (checks.integer(f"size[{i}]", v, 1, n) for i, (v, n) in enumerate(zip(size, (H, W))))
         adaptive = True
     elif budget is not None:
         h, w = _target_for_budget(T, H, W, budget)
         adaptive = True
     else:
-        stride = checks.integer("stride", 2 if stride is None else stride, 1)
+        stride = 2 if stride is None else stride
         adaptive = mode == "bilinear"
         if mode == "bilinear":
             h, w = -(-H // stride), -(-W // stride)

@@ -152,7 +152,8 @@ def segment_statistics(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     """For ``frames`` [W, n, C] (W >= 2): [n] per position the mean cosine over the ordered pairs of distinct
     frames, clamped to [-1, 1], and [n, C] the time mean, in the compute dtype. Sum over pairs = ||sum of unit
     vectors||^2 - sum of their squared norms; the unit vectors are never formed, and both sums take one pass
-    over the frames, a frame at a time."""
+    over the frames, a frame at a time. Frames of a magnitude whose squares or sum would overflow are divided by
+    a power of two first."""
     W = frames.shape[0]
     cd = ops.compute_dtype(frames.dtype)
     norm = torch.linalg.vector_norm(frames, dim=-1, dtype=cd)  # [W, n]
@@ -163,6 +164,11 @@ def segment_statistics(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
         frame = frames[w].to(cd)
         unit_sum.addcmul_(frame, inverse[w, :, None])
         total += frame
+    if not (bool(torch.isfinite(norm).all()) and bool(torch.isfinite(total).all())):
+        # squares or the time sum overflowed: the statistics of frames / s (the cosines are the same), mean * s
+        s = ops.power_of_two_above(frames)
+        similarity, mean = segment_statistics(frames.to(cd) / s)
+        return similarity, mean.mul_(s)
     pairs = (unit_sum * unit_sum).sum(-1) - ((norm * inverse) ** 2).sum(0)
     return (pairs / (W * (W - 1))).clamp_(-1.0, 1.0), total.div_(W)
 
@@ -179,11 +185,31 @@ def shares(sizes: list[int], budget: int) -> list[int]:
     return counts
 
 
+def check(p: dict) -> dict:
+    """PruneVid's parameter values (run at apply and at every call)."""
+    p["tau"] = checks.number("tau", p["tau"], -1.0, 1.0)
+    for name in ("temporal_segment_ratio", "cluster_ratio"):
+        p[name] = checks.number(name, p[name], 0.0, 1.0)
+        if p[name] <= 0:
+            raise ValueError(f"{name} must be in (0, 1], got {p[name]}")
+    p["k"] = checks.integer("k", p["k"], 1)
+    return p
+
+
+def check_prune(p: dict) -> dict:
+    """PruneVid's in-LLM alpha, in (0, 1]."""
+    p["alpha"] = checks.number("alpha", p["alpha"], 0.0, 1.0)
+    if p["alpha"] <= 0:
+        raise ValueError(f"alpha must be in (0, 1], got {p['alpha']}")
+    return p
+
+
 @register(
     "prunevid",
     paper="Huang et al., PruneVid: Visual Token Pruning for Efficient Video Large Language Models, ACL 2025 Findings (arXiv 2412.16117)",
     budget="exact",
     inner=("prunevid_prune", 0.4),
+    check=check,
 )
 def prunevid(
     x: torch.Tensor,
@@ -207,14 +233,6 @@ def prunevid(
     without one it is data-dependent, as in the paper. ``info``: the segment lengths and the static positions
     of each segment.
     """
-    tau = checks.number("tau", tau, -1.0, 1.0)
-    temporal_segment_ratio = checks.number("temporal_segment_ratio", temporal_segment_ratio, 0.0, 1.0)
-    if temporal_segment_ratio <= 0:
-        raise ValueError(f"temporal_segment_ratio must be in (0, 1], got {temporal_segment_ratio}")
-    cluster_ratio = checks.number("cluster_ratio", cluster_ratio, 0.0, 1.0)
-    if cluster_ratio <= 0:
-        raise ValueError(f"cluster_ratio must be in (0, 1], got {cluster_ratio}")
-    k = checks.integer("k", k, 1)
     T, H, W, C = x.shape
     n, M, dev = H * W, T * H * W, x.device
     if budget is not None:
@@ -286,6 +304,7 @@ def prunevid(
     stage="in-llm",
     query_aware=True,
     layer=11,
+    check=check_prune,
 )
 def prunevid_prune(inputs: LayerInputs, budget: int | None, *, alpha: float = 0.4) -> Tokens:
     """Keep the visual tokens that the text after the video attends to most at layer K-1 (max over heads, then
@@ -296,9 +315,6 @@ def prunevid_prune(inputs: LayerInputs, budget: int | None, *, alpha: float = 0.
     dynamic frame; the blocks are not known here, so the selection is global (module notes). With no text after
     the video there is no signal: the first tokens are kept.
     """
-    alpha = checks.number("alpha", alpha, 0.0, 1.0)
-    if alpha <= 0:
-        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
     visual = inputs.visual
     n, c = visual.shape
     keep = max(1, int(alpha * n)) if budget is None else min(budget, n)

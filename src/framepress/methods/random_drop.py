@@ -9,14 +9,19 @@ from ..registry import register
 from ..tokens import Tokens
 
 
-@register("random", paper="random token selection (floor baseline)", budget="exact")
+@register(
+    "random",
+    paper="random token selection (floor baseline)",
+    budget="exact",
+    check=lambda p: {"seed": checks.integer("seed", p["seed"], 0, 2**63 - 1)},
+    scale_invariant=True,
+)
 def random(x: torch.Tensor, budget: int | None, *, seed: int = 0) -> Tokens:
     """Keep a uniformly random subset of exactly ``budget`` tokens, in their original order.
 
     Args:
         seed: seed of the CPU generator that draws the subset, so the choice is the same on every device.
     """
-    seed = checks.integer("seed", seed, 0, 2**63 - 1)
     if budget is None:
         raise ValueError("random needs a retention (the number of tokens to keep)")
     T, H, W, _ = x.shape

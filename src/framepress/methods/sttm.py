@@ -329,7 +329,26 @@ class _Merge:
         return Tokens.from_source(feats, boxes, source, self.tree.grid, info)
 
 
-@register("sttm", paper="Hyun et al., STTM, ICCV 2025 (arXiv 2507.07990)", budget="search")
+def check(p: dict) -> dict:
+    """STTM's parameter values (run at apply and at every call; the grid-dependent root_level bound is checked
+    in :func:`sttm`)."""
+    p["tau_s"] = checks.optional(checks.number, "tau_s", p["tau_s"], -1.0, 2.0)
+    p["tau_t"] = checks.optional(checks.number, "tau_t", p["tau_t"], -2.0, 2.0)
+    p["root_level"] = checks.optional(checks.integer, "root_level", p["root_level"])
+    p["variant"] = checks.choice("variant", p["variant"], VARIANTS)
+    p["grouping"] = checks.choice("grouping", p["grouping"], GROUPINGS)
+    p["invalid_slots"] = checks.choice("invalid_slots", p["invalid_slots"], INVALID_SLOTS)
+    return p
+
+
+@register(
+    "sttm",
+    paper="Hyun et al., STTM, ICCV 2025 (arXiv 2507.07990)",
+    budget="search",
+    check=check,
+    shown={"tau_s": f"{DEFAULT_TAU_S} (searched with a retention)", "tau_t": f"{DEFAULT_TAU_T} (searched with a retention)", "root_level": "1 (0 if a retention needs it)"},
+    scale_invariant=True,
+)
 def sttm(
     x: torch.Tensor,
     budget: int | None,
@@ -363,16 +382,10 @@ def sttm(
 
     With a budget, the thresholds not given are searched (on the diagonal tau_t = tau_s - 0.2, tau_t >= 0, when
     neither is given) so that the output has at most ``budget`` tokens and, where the thresholds allow it, at
-    least 98% of it. ``info`` reports the thresholds; passing them back reproduces the output exactly.
+    least 98% of it. ``info`` reports the thresholds (passing them back reproduces the output exactly) and, under
+    "off", a merging step a threshold switched off (tau_s > 1; tau_t < 0 or > 1).
     """
-    roots = [1, 0] if root_level is None else [checks.integer("root_level", root_level)]
-    variant = checks.choice("variant", variant, VARIANTS)
-    grouping = checks.choice("grouping", grouping, GROUPINGS)
-    invalid_slots = checks.choice("invalid_slots", invalid_slots, INVALID_SLOTS)
-    if tau_s is not None:
-        tau_s = checks.number("tau_s", tau_s, -1.0, 2.0)
-    if tau_t is not None:
-        tau_t = checks.number("tau_t", tau_t, -2.0, 2.0)
+    roots = [1, 0] if root_level is None else [root_level]
     n_sizes = len(level_sizes(*x.shape[1:3]))
     if roots[0] < -n_sizes:
         raise ValueError(f"root_level must be >= {-n_sizes} for a {x.shape[1]}x{x.shape[2]} grid, got {roots[0]}")
@@ -386,7 +399,7 @@ def sttm(
         tau_t = DEFAULT_TAU_T if tau_t is None else tau_t
         merge = _Merge(tree, tau_s)
         edges = merge.edges(tau_t, variant) if temporal and tau_t >= 0 else None
-        return merge.tokens(edges, grouping, {"tau_s": tau_s, "tau_t": tau_t})
+        return merge.tokens(edges, grouping, _info(tau_s, tau_t))
     for attempt, root in enumerate(roots):
         try:
             out = _fit_budget(_Quadtree(x, root, invalid_slots), budget, tau_s, tau_t, variant, grouping, temporal)
@@ -468,7 +481,16 @@ def _fit_budget(tree, budget, fixed_s, fixed_t, variant, grouping, temporal) -> 
     _, s, t = best
     m = merge_at(s)
     edges = m.edges_from_table(t, variant) if temporal and t >= 0 else None
-    return m.tokens(edges, grouping, {"tau_s": s, "tau_t": t, "budget": budget, "search_evaluations": evaluations})
+    return m.tokens(edges, grouping, _info(s, t, budget=budget, search_evaluations=evaluations))
+
+
+def _info(tau_s: float, tau_t: float, **more) -> dict:
+    """The thresholds, and under "off" the merging steps they switch off (a cosine never exceeds 1, so a
+    threshold above 1 means off; so does a negative tau_t)."""
+    off = [f"spatial (tau_s={tau_s} > 1)"] if tau_s > 1 else []
+    if tau_t < 0 or tau_t > 1:
+        off.append(f"temporal (tau_t={tau_t} {'< 0' if tau_t < 0 else '> 1'})")
+    return {"tau_s": tau_s, "tau_t": tau_t, **more, **({"off": off} if off else {})}
 
 
 def _bisect(count_at, cosines: torch.Tensor, budget: int) -> tuple[int, float | None, int]:

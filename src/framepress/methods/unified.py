@@ -32,7 +32,10 @@ def contribution(x: torch.Tensor, scores) -> torch.Tensor:
     T, H, W, _ = x.shape
     if isinstance(scores, str):
         checks.choice("scores", scores, ("norm",))
-        return x.float().norm(dim=-1).reshape(-1)
+        norm = x.float().norm(dim=-1).reshape(-1)
+        if not bool(torch.isfinite(norm).all()):  # beyond float32: the same order from x / 2**k
+            norm = ops.row_norms(x.reshape(-1, x.shape[-1]) / ops.power_of_two_above(x)).float()
+        return norm
     if not isinstance(scores, torch.Tensor):
         raise TypeError(
             "scores must be the [T, H, W] contribution scores of the vision encoder (inside a model framepress "
@@ -40,8 +43,11 @@ def contribution(x: torch.Tensor, scores) -> torch.Tensor:
         )
     if tuple(scores.shape) != (T, H, W):
         raise ValueError(f"scores must have shape [T, H, W] = {[T, H, W]}, got {list(scores.shape)}")
+    checks.plain_tensor(scores, "scores")
     if not scores.is_floating_point() or not bool(torch.isfinite(scores).all()):
         raise ValueError("scores must be finite floating-point values")
+    if scores.dtype == torch.float64 and float(scores.abs().amax()) > torch.finfo(torch.float32).max:
+        scores = scores / ops.power_of_two_above(scores)  # the same order, within float32
     return scores.to(x.device, torch.float32).reshape(-1)
 
 
@@ -62,11 +68,22 @@ def select_diverse(unit: torch.Tensor, order: torch.Tensor, tau: float, limit: i
     return kept
 
 
+def check(p: dict) -> dict:
+    """The unified method's parameter values (run at apply and at every call)."""
+    p["tau"] = checks.number("tau", p["tau"], -1.0, 1.0)
+    p["cluster_ratio"] = checks.number("cluster_ratio", p["cluster_ratio"], 0.0, 1.0)
+    p["k"] = checks.integer("k", p["k"], 1)
+    p["merge"] = checks.choice("merge", p["merge"], MERGES)
+    p["beta"] = checks.number("beta", p["beta"], 0.0, 1.0)
+    return p
+
+
 @register(
     "unified",
     paper="Unified Spatiotemporal Token Compression for Video-LLMs at Ultra-Low Retention (arXiv 2603.21957, CVPR 2026)",
     budget="exact",
     inner=("unified_merge", 0.5),
+    check=check,
 )
 def unified(
     x: torch.Tensor,
@@ -91,11 +108,6 @@ def unified(
             beta * center + (1 - beta) * mean of the others (HoliTom's variant).
         beta: the center's weight for merge="center" (0.6).
     """
-    tau = checks.number("tau", tau, -1.0, 1.0)
-    cluster_ratio = checks.number("cluster_ratio", cluster_ratio, 0.0, 1.0)
-    k = checks.integer("k", k, 1)
-    merge = checks.choice("merge", merge, MERGES)
-    beta = checks.number("beta", beta, 0.0, 1.0)
     if budget is None:
         raise ValueError("unified needs a retention (its budget)")
     T, H, W, C = x.shape
@@ -139,6 +151,7 @@ def unified(
     stage="in-llm",
     query_aware=True,
     layer=18,
+    check=lambda p: {"lam": checks.number("lam", p["lam"], 0.0, 1.0)},
 )
 def unified_merge(inputs: LayerInputs, budget: int | None, *, lam: float = 0.5) -> Tokens:
     """Keep the visual tokens with the highest text-aware importance; merge each other one into its most similar
@@ -148,7 +161,6 @@ def unified_merge(inputs: LayerInputs, budget: int | None, *, lam: float = 0.5) 
     heads) + lam * minmax(max cosine to the text tokens' hidden states at layer K). Without a retention it keeps
     half (the paper's R = 50%).
     """
-    lam = checks.number("lam", lam, 0.0, 1.0)
     visual, text = inputs.visual, inputs.text
     n, c = visual.shape
     keep = math.ceil(n / 2) if budget is None else min(budget, n)

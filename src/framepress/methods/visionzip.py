@@ -29,7 +29,21 @@ def frame_budgets(budget: int, frames: int, per_frame: int) -> torch.Tensor:
     return base
 
 
-@register("visionzip", paper="Yang et al., VisionZip, CVPR 2025 (arXiv 2412.04467)", budget="exact")
+def check(p: dict) -> dict:
+    """VisionZip's parameter values (run at apply and at every call)."""
+    p["dominant_share"] = checks.number("dominant_share", p["dominant_share"], 0.0, 1.0)
+    p["contextual"] = checks.choice("contextual", p["contextual"], CONTEXTUAL)
+    return p
+
+
+@register(
+    "visionzip",
+    paper="Yang et al., VisionZip, CVPR 2025 (arXiv 2412.04467)",
+    budget="exact",
+    check=check,
+    shown={"dominant_share": "54/64"},
+    scale_invariant=True,
+)
 def visionzip(
     x: torch.Tensor,
     budget: int | None,
@@ -47,10 +61,10 @@ def visionzip(
         contextual: "sum" (official: target + mean of its assigned tokens) or "mean".
 
     The budget is exact: budget // T tokens a frame, one more for the first budget % T frames (a frame with no
-    budget is dropped).
+    budget is dropped). A "sum" can exceed x's range (float16 features near 40000): the sums are formed in
+    float32 (float64 for float64), and where one would overflow x's dtype all features are returned in that
+    wider dtype.
     """
-    dominant_share = checks.number("dominant_share", dominant_share, 0.0, 1.0)
-    contextual = checks.choice("contextual", contextual, CONTEXTUAL)
     if budget is None:
         raise ValueError("visionzip needs a retention (its budget)")
     T, H, W, C = x.shape
@@ -92,7 +106,13 @@ def visionzip(
         mean = ops.group_mean(feats[members], source[members], kept.numel())
         has = torch.bincount(source[members], minlength=kept.numel()) > 0
         if contextual == "sum":
-            out[has] = (feats[kept][has].float() + mean[has].float()).to(x.dtype)
+            cd = ops.compute_dtype(x.dtype)
+            total = feats[kept][has].to(cd) + mean[has].to(cd)
+            if bool(torch.isfinite(total.to(x.dtype)).all()):
+                out[has] = total.to(x.dtype)
+            else:  # the sums leave x's range: return every feature in the wider dtype
+                out = out.to(cd)
+                out[has] = total
         else:
             both = torch.cat([members, kept[is_target]])
             out = torch.where(is_target[:, None], ops.group_mean(feats[both], source[both], kept.numel()), out)
