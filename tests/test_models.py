@@ -506,3 +506,15 @@ def test_every_pre_llm_method_runs_in_every_family(model, method):
         assert stage["visual_out"][0] == round(retention * n)
     else:
         assert 0 < stage["visual_out"][0] <= round(retention * n)
+
+
+def test_stats_print_short_and_keep_their_index_lists(llava):
+    inputs = inputs_for(llava)
+    with framepress.apply(llava, "sttm", retention=0.3) as handle:
+        generate(llava, inputs, n=2)
+    record = handle.stats[-1]
+    text = repr(record)
+    assert text.startswith("{'tokens_in': [64], 'stages': [{'stage': 'sttm@pre-LLM', 'visual_out': [")
+    assert "kept" not in text and "blocks" not in text and len(text) < 200
+    assert len(record["stages"][0]["kept"][0]) == record["stages"][0]["visual_out"][0]
+    assert len(record["blocks"][0][0][0]) == 64

@@ -180,6 +180,21 @@ def _sample_parts(valid: torch.Tensor, plans: list[_Plan]) -> tuple[torch.Tensor
     return position[order], (out_slots, members, group), (out_slots, features)
 
 
+class Record(dict):
+    """One prefill's statistics (a plain dict underneath). It prints short, without the per-sample index lists
+    (``blocks``, and each stage's ``kept``, ``slots``, ``members`` and ``group``); index it to get them."""
+
+    INDEX_KEYS = frozenset({"blocks", "kept", "slots", "members", "group"})
+
+    def __repr__(self) -> str:
+        def short(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: short(v) for k, v in value.items() if k not in self.INDEX_KEYS}
+            return [short(v) for v in value] if isinstance(value, list) else value
+
+        return repr(short(dict(self)))
+
+
 @dataclass
 class _Pass:
     """State of one prefill and the decode steps after it."""
@@ -373,8 +388,8 @@ class _Patch:
             for slots, _ in sample:
                 p.visual[b, slots] = True
         p.original_visual = [int(p.visual[b].sum()) for b in range(B)]
-        p.record = {"tokens_in": p.original_visual, "stages": [], "layer_tokens": {0: valid.sum(1).tolist()},
-                    "blocks": [[(slots.tolist(), grid) for slots, grid in sample] for sample in p.blocks]}
+        p.record = Record(tokens_in=p.original_visual, stages=[], layer_tokens={0: valid.sum(1).tolist()},
+                          blocks=[[(slots.tolist(), grid) for slots, grid in sample] for sample in p.blocks])
         self.last_tokens = []
         self.stats.append(p.record)
         self.prefills += 1
