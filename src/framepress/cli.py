@@ -1,21 +1,59 @@
-"""The ``framepress`` command line."""
+"""The ``framepress`` command line.
+
+The module's top-level imports are light: ``main`` sets the signal handlers first (Ctrl-C: "interrupted", exit
+130; SIGTERM: "terminated", exit 143, after every ``finally`` has run, so no temporary file stays), then each
+command imports torch and the rest. Exit status: 0 done, 2 a usage error or bad input (named), 1 a run that
+failed (a file that cannot be written, no network, out of memory, a missing dependency).
+"""
 
 from __future__ import annotations
 
 import argparse
 import ast
+import importlib
+import importlib.util
 import inspect
 import json
+import os
+import re
+import signal
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from . import __version__
 
-from . import __version__, features, flops, registry
-from .api import compress
+CELL_RANGE = (16, 1024)  # --cell: show.py's smallest cell; above 1024 px a frame's sheet only costs memory
+HUB_TIMEOUT_S = 3.0  # how long `ask` waits to learn whether the hub is reachable
+
+
+class _Lazy:
+    """A module imported on first use, so that importing the command line does not import torch."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        return getattr(importlib.import_module(self._name, __package__), attr)
+
+
+registry = _Lazy(".registry")
+
+
+class UsageError(ValueError):
+    """A bad argument, said once, before any work: exit status 2."""
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler: a BaseException, like KeyboardInterrupt, so that ``except Exception``
+    does not swallow it and every ``finally`` (temporary files) runs on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -25,18 +63,27 @@ def _param(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(f"parameters are name=value, got {text!r}")
     try:
         return name, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return name, value
 
 
 def _shape(text: str) -> tuple[int, int, int, int]:
-    try:
-        dims = tuple(int(v) for v in text.lower().split("x"))
-    except ValueError:
-        dims = ()
-    if len(dims) != 4 or min(dims) < 1:
+    if not re.fullmatch(r"\s*\d+(\s*x\s*\d+){3}\s*", text.lower()):
         raise argparse.ArgumentTypeError(f"shape is TxHxWxC, e.g. 32x14x14x3584; got {text!r}")
+    dims = tuple(int(v) for v in text.lower().split("x"))
+    if min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"shape is TxHxWxC of positive sizes, e.g. 32x14x14x3584; got {text!r}")
     return dims
+
+
+def _grid(text: str) -> tuple[int, int]:
+    """--grid HxW: exactly two positive integers (not "3", not "6x6x1", not "-2x-18")."""
+    if not re.fullmatch(r"\s*\d+\s*x\s*\d+\s*", text.lower()):
+        raise argparse.ArgumentTypeError(f"grid is HxW, two positive integers such as 14x14; got {text!r}")
+    h, w = (int(v) for v in text.lower().split("x"))
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"grid is HxW, two positive integers such as 14x14; got {text!r}")
+    return h, w
 
 
 def _positive(text: str) -> int:
@@ -49,8 +96,58 @@ def _positive(text: str) -> int:
     return value
 
 
-def _scores(spec: str, grid: tuple[int, int, int], device) -> torch.Tensor | str:
+def _cell(text: str) -> int:
+    value = _positive(text)
+    lo, hi = CELL_RANGE
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"must be {lo} to {hi} pixels, got {text!r}")
+    return value
+
+
+def _share(text: str) -> float:
+    """A float, checked in the command (so that the error names --retention once, for every method)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+
+
+def _check_device(text: str | None) -> None:
+    """--device, checked before any work: an unknown name, or CUDA/MPS this machine lacks, is a usage error
+    naming it (not torch's AssertionError deep in a cast)."""
+    if text is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"--device {text!r} is not a device (use cpu, cuda, cuda:N, mps, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise UsageError(f"--device {text!r}: CUDA is not available here ({why}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {text!r}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 to "
+                             f"cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {text!r}: MPS is not available here; use --device cpu")
+    elif device.type == "meta":
+        raise UsageError(f"--device {text!r}: a meta tensor holds no data; use cpu or a GPU")
+    elif device.type != "cpu":
+        try:
+            torch.empty(1, device=device)
+        except Exception as exc:  # noqa: BLE001  (each backend fails in its own way; all mean "not here")
+            raise UsageError(f"--device {text!r} cannot be used here ({str(exc).splitlines()[0]})") from None
+
+
+def _scores(spec: str, grid: tuple[int, int, int], device):
     """--scores: "norm", or a .npy / .safetensors file of [T, H, W] vision contribution scores."""
+    import torch
+
+    from . import features
+
     if spec == "norm":
         return spec
     x = features.load_array(spec)
@@ -82,88 +179,177 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _summary(info: dict) -> str:
+    """What a method chose, in one short cell: numbers as they are, a long list as its length and range (a
+    HoliTom run over 32 frames has 32 windows: "windows=[32 items]", not the 32 tuples)."""
+    parts = []
+    for k, v in info.items():
+        if isinstance(v, (list, tuple)):
+            flat = all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in v)
+            if flat and len(v) <= 4:
+                text = ", ".join(map(_number, v))
+                text = f"({text})" if isinstance(v, tuple) else f"[{text}]"
+            elif flat:
+                text = f"[{len(v)} values, {_number(min(v))}..{_number(max(v))}]"
+            else:
+                text = f"[{len(v)} items]"
+        elif isinstance(v, str) and len(v) > 30:
+            text = v[:27] + "..."
+        else:
+            text = _number(v)
+        parts.append(f"{k}={text}")
+    return ", ".join(parts)
+
+
+class _Rows:
+    """The compress table, a row printed as each method finishes (widths fixed up front from what can occur)."""
+
+    def __init__(self, header: list[str], names: list[str], tokens_in: int):
+        self.widths = [max(len(header[0]), *map(len, names)), max(len(header[1]), len(str(tokens_in))),
+                       max(len(header[2]), len(str(tokens_in))), *(len(h) for h in header[3:])]
+        self.header = header
+
+    def line(self, cells: list) -> str:
+        fixed = "  ".join(str(v).ljust(w) for v, w in zip(cells, self.widths))
+        return (fixed + "  " + "  ".join(map(str, cells[len(self.widths):]))).rstrip()
+
+    def head(self) -> str:
+        return self.line(self.header + ["chosen"]) + "\n" + self.line(["-" * w for w in self.widths] + ["------"])
+
+
+def _emit(line: str) -> None:
+    """One line to stdout, now (not when the command ends), without tearing a progress bar on stderr."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from . import features, files, flops
+    from .api import compress
+
     if args.features is None and args.synthetic is None:
-        raise ValueError("give a features file (.npy/.safetensors) or --synthetic TxHxWxC")
+        raise UsageError("give a features file (.npy/.safetensors) or --synthetic TxHxWxC")
+    if args.features is not None and args.synthetic is not None:
+        raise UsageError("give a features file or --synthetic, not both")
+    if args.retention is not None and not 0 < args.retention <= 1:
+        raise UsageError(f"--retention: retention must be in (0, 1], got {args.retention}")
+    names = args.method or registry.names("pre-llm")
+    for name in names:
+        registry.get(name)  # an unknown method: one error naming the known ones
+    if args.output:
+        if len(names) != 1:
+            raise UsageError("--output needs exactly one --method")
+        if Path(args.output).suffix.lower() != ".safetensors":
+            raise UsageError(f"--output: output must be a .safetensors file, got {Path(args.output).name}")
+        files.check_output(args.output)
+    params = dict(args.param or [])
+    unused = sorted(set(params) - {k for n in names for k in registry.get(n).params})
+    if unused:
+        raise UsageError(f"no chosen method takes the parameter(s) {', '.join(unused)}")
+    _check_device(args.device)
     if args.features is not None:
         x = features.load(args.features, key=args.key, grid=args.grid)
         origin = args.features
     else:
         x = features.synthetic(*args.synthetic, seed=args.seed)
         origin = f"synthetic {'x'.join(map(str, args.synthetic))} (smooth random fields, seed {args.seed})"
-    try:
-        device = torch.device(args.device)
-        x = x.to(device=device, dtype=getattr(torch, args.dtype) if args.dtype else x.dtype)
-    except (RuntimeError, AssertionError) as exc:
-        raise ValueError(f"--device {args.device!r} cannot be used: {exc}") from None
-    names = args.method or registry.names("pre-llm")
-    if args.output and len(names) != 1:
-        raise ValueError("--output needs exactly one --method")
-    params = dict(args.param or [])
-    unused = sorted(set(params) - {k for n in names for k in registry.get(n).params})
-    if unused:
-        raise ValueError(f"no chosen method takes the parameter(s) {', '.join(unused)}")
+    x = x.to(device=torch.device(args.device), dtype=getattr(torch, args.dtype) if args.dtype else x.dtype)
     T, H, W, C = x.shape
     scores = _scores(args.scores, (T, H, W), x.device)
     llm = flops.PRESETS[args.llm] if args.llm else None
-    results = []
-    for name in names:
-        accepted = registry.get(name).params
-        own = {k: v for k, v in params.items() if k in accepted or len(names) == 1}
-        if "scores" in accepted and "scores" not in own:
-            own["scores"] = scores
-        times, out, error = [], None, None
-        for _ in range(args.repeat):
-            start = time.perf_counter()
-            try:
-                out = compress(x, name, retention=args.retention, **own)
-            except (ValueError, TypeError) as exc:
-                if len(names) == 1:
-                    raise
-                error = str(exc)
-                break
-            if x.device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        result = {"method": name, "tokens_in": T * H * W}
-        if error is not None:
-            result["error"] = error
-        else:
-            result.update(
-                tokens_out=len(out),
-                retention=round(out.retention, 4),
-                ms=round(1000 * statistics.median(times), 2),
-                info={k: v for k, v in out.info.items()},
-            )
-            if llm is not None:
-                result["llm_tflops"] = round(flops.run_flops(llm, len(out), text=100) / 1e12, 3)
-            if args.output:
-                features.save_tokens(args.output, out)
-        results.append(result)
+
+    rows = None
+    if not args.json:
+        print(f"input: {origin}, [T, H, W, C] = [{T}, {H}, {W}, {C}], {x.dtype}, {x.device}")
+        if args.retention is not None:
+            print(f"retention {args.retention}: a budget of {max(1, round(args.retention * T * H * W))} tokens")
+        if any("scores" in registry.get(n).params for n in names):
+            print(f"vision scores for the methods that take them: "
+                  f"{args.scores if args.scores != 'norm' else 'the feature norm (no vision encoder here)'}")
+        header = ["method", "tokens in", "tokens out", "retention", f"ms (median of {args.repeat})"]
+        if llm is not None:
+            header.append(f"LLM TFLOPs ({args.llm}, +100 text)")
+            print(f"FLOPs: prefill of the {args.llm} LLM with the tokens out and 100 text tokens (the FastV formula)")
+        rows = _Rows(header, names, T * H * W)
+        _emit(rows.head())
+
+    results, kept = [], None
+    bar = tqdm(total=len(names) * args.repeat, unit="run", leave=False, disable=None)  # only on a terminal
+    try:
+        for name in names:
+            bar.set_description(name)
+            accepted = registry.get(name).params
+            own = {k: v for k, v in params.items() if k in accepted or len(names) == 1}
+            if "scores" in accepted and "scores" not in own:
+                own["scores"] = scores
+            times, out, error = [], None, None
+            for _ in range(args.repeat):
+                start = time.perf_counter()
+                try:
+                    out = compress(x, name, retention=args.retention, **own)
+                except (ValueError, TypeError) as exc:
+                    if len(names) == 1:
+                        raise
+                    error = str(exc)
+                    break
+                if x.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+                bar.update(1)
+            result = {"method": name, "tokens_in": T * H * W}
+            if error is not None:
+                result["error"] = error
+                bar.update(args.repeat - len(times))
+            else:
+                kept = out
+                result.update(tokens_out=len(out), retention=round(out.retention, 4),
+                              ms=round(1000 * statistics.median(times), 2), info=dict(out.info))
+                if llm is not None:
+                    result["llm_tflops"] = round(flops.run_flops(llm, len(out), text=100) / 1e12, 3)
+            results.append(result)
+            if rows is not None:
+                _emit(rows.line(_cells(result, llm is not None)))
+    except (KeyboardInterrupt, Terminated):
+        bar.close()
+        if args.json:
+            _compress_json(origin, x, results, interrupted=True)
+        print(f"framepress compress: {len(results)} of {len(names)} methods finished before the interrupt",
+              file=sys.stderr)
+        raise
+    bar.close()
+    if args.output and kept is not None:
+        features.save_tokens(args.output, kept)
     if args.json:
-        print(json.dumps({"input": origin, "shape": [T, H, W, C], "dtype": str(x.dtype), "results": results}, indent=1, default=str))
-        return 0
-    print(f"input: {origin}, [T, H, W, C] = [{T}, {H}, {W}, {C}], {x.dtype}, {x.device}")
-    if args.retention is not None:
-        print(f"retention {args.retention}: a budget of {max(1, round(args.retention * T * H * W))} tokens")
-    if any("scores" in registry.get(n).params for n in names):
-        print(f"vision scores for the methods that take them: {args.scores if args.scores != 'norm' else 'the feature norm (no vision encoder here)'}")
-    header = ["method", "tokens in", "tokens out", "retention", f"ms (median of {args.repeat})"]
-    if llm is not None:
-        header.append(f"LLM TFLOPs ({args.llm}, +100 text)")
-        print(f"FLOPs: prefill of the {args.llm} LLM with the tokens out and 100 text tokens (the FastV formula)")
-    rows = []
-    for r in results:
-        if "error" in r:
-            rows.append([r["method"], r["tokens_in"], "-", "-", "-"] + (["-"] if llm else []) + [r["error"]])
-        else:
-            info = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["info"].items())
-            row = [r["method"], r["tokens_in"], r["tokens_out"], f"{r['retention']:.4f}", f"{r['ms']:.1f}"]
-            rows.append(row + ([f"{r['llm_tflops']:.3f}"] if llm else []) + [info])
-    print(_table(rows, header + ["chosen"]))
-    if args.output:
+        _compress_json(origin, x, results)
+    elif args.output:
         print(f"wrote {args.output}")
+    if all("error" in r for r in results):
+        print(f"framepress compress: error: no method met the request ({results[0]['error']})", file=sys.stderr)
+        return 1
     return 0
+
+
+def _cells(r: dict, with_flops: bool) -> list:
+    if "error" in r:
+        return [r["method"], r["tokens_in"], "-", "-", "-"] + (["-"] if with_flops else []) + [r["error"]]
+    row = [r["method"], r["tokens_in"], r["tokens_out"], f"{r['retention']:.4f}", f"{r['ms']:.1f}"]
+    return row + ([f"{r['llm_tflops']:.3f}"] if with_flops else []) + [_summary(r["info"])]
+
+
+def _compress_json(origin: str, x, results: list[dict], interrupted: bool = False) -> None:
+    report = {"input": origin, "shape": list(x.shape), "dtype": str(x.dtype), "results": results}
+    if interrupted:
+        report["interrupted"] = True
+    print(json.dumps(report, indent=1, default=str), flush=True)
 
 
 def _default_model(args: argparse.Namespace) -> None:
@@ -179,7 +365,51 @@ def _default_model(args: argparse.Namespace) -> None:
         args.frames = 32
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
+def _hub_reachable(endpoint: str) -> bool:
+    """Whether the hub answers within HUB_TIMEOUT_S (one request, no retries; proxies as huggingface_hub uses)."""
+    from huggingface_hub import get_session
+
+    try:
+        get_session().head(endpoint, timeout=HUB_TIMEOUT_S)
+        return True
+    except Exception:  # noqa: BLE001  (any failure to connect means: not reachable from here)
+        return False
+
+
+def _resolve_model(model: str) -> str:
+    """A local folder as it is; a hub id checked quickly, before the loader spends ~30 s on retries: offline
+    (HF_HUB_OFFLINE) or with the hub unreachable, a model in the local cache loads from its snapshot folder and
+    one that is not is an error saying how to get it."""
+    if os.path.isdir(model):
+        return model
+    if os.path.lexists(model):
+        raise UsageError(f"--model {model}: not a folder (a checkpoint is a folder with config.json and weights)")
+    from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        raise FileNotFoundError(f"--model {model}: no such folder, and not a hub id (owner/name)") from None
+    how = (f"download it where the hub is reachable (hf download {model} --local-dir DIR), copy DIR here and pass "
+           "the folder: --model DIR")
+    cached = try_to_load_from_cache(model, "config.json")
+    offline = is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    if isinstance(cached, str):
+        if offline or _hub_reachable(constants.ENDPOINT):
+            return model
+        return str(Path(cached).parent)  # the cached snapshot, loaded without asking the hub
+    if offline:
+        raise FileNotFoundError(f"model {model!r} is not on this machine (no such folder, not in the hub cache) and "
+                                f"HF_HUB_OFFLINE is set: {how}")
+    if not _hub_reachable(constants.ENDPOINT):
+        raise ConnectionError(f"model {model!r} is not on this machine (no such folder, not in the hub cache) and the "
+                              f"Hugging Face Hub ({constants.ENDPOINT}) cannot be reached (offline?): {how}")
+    return model
+
+
+def _model_args(p: argparse.ArgumentParser, generates: bool = True) -> None:
     p.add_argument("--model", help="hub id or local folder of a supported Video-LLM (default: the packaged "
                    "synthetic-domain model, which only knows clips of moving shapes)")
     p.add_argument("-m", "--method", help="compression method (framepress methods); none: the model as is")
@@ -187,9 +417,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--param", type=_param, action="append", metavar="NAME=VALUE", help="method parameter (repeatable)")
     p.add_argument("--frames", type=_positive, help="frames sampled uniformly from the video (default 32; 16 with the "
                    "packaged model)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--max-side", type=_positive, metavar="PIXELS", help="shrink each sampled frame to at most this "
+                   "many pixels on its longest side as it is decoded (needed above 8192 px; the model's processor "
+                   "resizes anyway)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype")
-    p.add_argument("--max-new-tokens", type=_positive, default=64)
+    if generates:
+        p.add_argument("--max-new-tokens", type=_positive, default=64, help="most tokens in an answer (default 64)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -202,10 +436,20 @@ def _retention(text: str | None):
         return text  # "30%" or "A%/B%": checked by apply
 
 
+def _prepare(args: argparse.Namespace):
+    """Everything cheap checked before the model loads: the device, the model's whereabouts, then the video
+    (decoded first: a bad path fails in a second, not after the model has loaded)."""
+    from .video import load_video
+
+    _check_device(args.device)
+    _default_model(args)
+    args.model = _resolve_model(args.model)
+    return load_video(args.video, num_frames=args.frames, max_side=args.max_side, progress=not args.json)
+
+
 def _pipeline(args):
     from .pipeline import load
 
-    _default_model(args)
     pipe = load(args.model, args.method, _retention(args.retention), frames=args.frames, device=args.device,
                 dtype=args.dtype, **dict(args.param or []))
     pipe.progress = not args.json
@@ -225,13 +469,11 @@ def _stats_lines(stats: dict) -> list[str]:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from .video import load_video
-
     question = args.question.strip()
     if not question:
-        raise ValueError("the question is empty")
+        raise UsageError("the question is empty")
+    video = _prepare(args)
     pipe = _pipeline(args)
-    video = load_video(args.video, num_frames=args.frames, progress=not args.json)
     answer = pipe.ask(video, question, max_new_tokens=args.max_new_tokens)
     if args.json:
         print(json.dumps({"answer": answer.text, "video": args.video, "frames": len(video.indices), **answer.stats}, default=str))
@@ -242,37 +484,62 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from .video import load_video
-
+    if args.question is None and sys.stdin.isatty():
+        print("reading questions from stdin, one a line (Ctrl-D to end)", file=sys.stderr)
     questions = [q.strip() for q in (args.question or sys.stdin.read().splitlines())]
     questions = [q for q in questions if q]
     if not questions:
-        raise ValueError("no question: give -q QUESTION (repeatable) or one question per line on stdin")
+        raise UsageError("no question: give -q QUESTION (repeatable) or one question per line on stdin")
+    video = _prepare(args)
     pipe = _pipeline(args)
-    video = load_video(args.video, num_frames=args.frames, progress=not args.json)
     chat = pipe.chat(video)
     results = []
     if not args.json:
         how = "reused for every question" if chat.reuses_prefix else "recomputed per question (the method reads it)"
         print(f"prefix (prompt + compressed video) prefilled in {chat.prefill_s:.3f} s; {how}", file=sys.stderr)
-    for q in questions:
-        answer = chat.ask(q, max_new_tokens=args.max_new_tokens)
-        results.append({"question": q, "answer": answer.text, **answer.stats})
-        if not args.json:
-            print(f"Q: {q}\nA: {answer.text}")
-            print("\n".join("  " + line for line in _stats_lines(answer.stats)), file=sys.stderr)
-    if args.json:
-        print(json.dumps({"video": args.video, "prefill_s": chat.prefill_s, "answers": results}, default=str))
+    try:
+        for q in questions:
+            answer = chat.ask(q, max_new_tokens=args.max_new_tokens)
+            results.append({"question": q, "answer": answer.text, **answer.stats})
+            if not args.json:
+                print(f"Q: {q}\nA: {answer.text}", flush=True)
+                print("\n".join("  " + line for line in _stats_lines(answer.stats)), file=sys.stderr)
+    finally:  # an interrupt keeps the answers given so far
+        if args.json:
+            print(json.dumps({"video": args.video, "prefill_s": chat.prefill_s, "answers": results,
+                              **({} if len(results) == len(questions) else {"interrupted": True})}, default=str))
     return 0
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    from .video import load_video
+def _check_picture(path: str) -> None:
+    """-o of show, before the model loads: a path that can be written and a suffix Pillow writes an RGB picture
+    in (.grib and .xbm are registered, yet cannot: GRIB has no writer, XBM is 1-bit only)."""
+    import io
 
+    from PIL import Image
+
+    from . import files
+
+    files.check_output(path)
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    why = "not a picture format" if fmt is None else None
+    if fmt is not None:
+        try:
+            Image.new("RGB", (1, 1)).save(io.BytesIO(), format=fmt)
+        except Exception as exc:  # noqa: BLE001  (each Pillow writer refuses in its own way)
+            why = f"Pillow cannot write an RGB picture as {fmt}: {exc}"
+    if why:
+        raise UsageError(f"--output {path}: {suffix or 'no suffix'} is {why if fmt is None else 'refused'}"
+                         f"{'' if fmt is None else f' ({why})'}; use .png, .jpg or .webp")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
     if args.method is None:
-        raise ValueError("show needs --method")
+        raise UsageError("show needs --method")
+    _check_picture(args.output)
+    video = _prepare(args)
     pipe = _pipeline(args)
-    video = load_video(args.video, num_frames=args.frames, progress=not args.json)
     path = pipe.show(video, args.output, columns=args.columns, cell=args.cell)
     print(str(path))
     return 0
@@ -299,7 +566,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class Missing(RuntimeError):
+    """A dependency the command needs is not installed: exit status 1."""
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
+    needed = ["lmms_eval"] + (["accelerate"] if args.num_processes > 1 else [])
+    absent = [name for name in needed if importlib.util.find_spec(name) is None]
+    if absent:
+        raise Missing(f"{' and '.join(absent)} not installed in this environment ({sys.executable}): a sweep runs "
+                      "lmms-eval; install the eval extra: pip install \"framepress[eval]\" (README: the lmms-eval "
+                      "plugin has its own environment)")
     from .evaluation import report, sweep
 
     sweep.run(args.out, args.model, args.tasks, args.methods, args.retentions, frames=args.frames,
@@ -334,36 +611,46 @@ def _retentions(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import flops
+
     parser = argparse.ArgumentParser(
         prog="framepress",
         description="Training-free visual-token compression for video large language models.",
     )
     parser.add_argument("--version", action="version", version=f"framepress {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("methods", help="list the registered methods and their parameters")
+    p = sub.add_parser("methods", help="list the registered methods and their parameters",
+                       description="List the registered compression methods: stage, whether they read the "
+                       "question, how they meet a budget, their parameters and defaults, and their paper.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=cmd_methods)
 
     p = sub.add_parser("ask", help="answer a question about a video", description="Answer a question about a "
                        "video with a supported Video-LLM, its visual tokens compressed by a method.")
     p.add_argument("video", help="video file, image, or folder of frames")
-    p.add_argument("question")
+    p.add_argument("question", help="the question, in quotes")
     _model_args(p)
     p.set_defaults(run=cmd_ask)
 
-    p = sub.add_parser("chat", help="several questions about one video, reusing the compressed prefix")
-    p.add_argument("video")
+    p = sub.add_parser("chat", help="several questions about one video, reusing the compressed prefix",
+                       description="Answer several questions about one video; the compressed prefix (prompt and "
+                       "video) is prefilled once and reused when the method ignores the question.")
+    p.add_argument("video", help="video file, image, or folder of frames")
     p.add_argument("-q", "--question", action="append", help="a question (repeatable; default: lines of stdin)")
     _model_args(p)
     p.set_defaults(run=cmd_chat)
 
-    p = sub.add_parser("show", help="draw what a method keeps on the video's frames (a contact sheet)")
-    p.add_argument("video")
-    p.add_argument("-o", "--output", required=True, help="picture to write (.png, .jpg, ...)")
-    p.add_argument("--columns", type=_positive)
-    p.add_argument("--cell", type=_positive, default=256, help="pixels per frame (default 256)")
-    _model_args(p)
+    p = sub.add_parser("show", help="draw what a method keeps on the video's frames (a contact sheet)",
+                       description="Run the model's prefill once with the method applied and draw the tokens it "
+                       "kept on the sampled frames (no answer is generated).")
+    p.add_argument("video", help="video file, image, or folder of frames")
+    p.add_argument("-o", "--output", required=True, help="picture to write (.png, .jpg, .webp, ...)")
+    p.add_argument("--columns", type=_positive, help="frames per row of the sheet (default: about the square root "
+                   "of the frame count)")
+    p.add_argument("--cell", type=_cell, default=256, help=f"pixels per frame, {CELL_RANGE[0]} to {CELL_RANGE[1]} "
+                   "(default 256)")
+    _model_args(p, generates=False)
     p.set_defaults(run=cmd_show)
 
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic video and a tiny model, no download",
@@ -371,8 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "retentions on the packaged synthetic-domain model (a toy model of moving shapes), "
                        "print tokens, times and FLOPs, and write the pictures of what each method kept.")
     p.add_argument("--out", default="framepress-demo", help="folder for the video and the pictures")
-    p.add_argument("--frames", type=_positive, default=16)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--frames", type=_positive, default=16, help="frames of the clip (default 16, what the "
+                   "packaged model was trained on)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("bench-quality", help="accuracy per question kind of every method, offline (packaged model)",
@@ -384,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_csv, help="comma-separated methods (default: all grid and in-LLM methods)")
     p.add_argument("--retentions", type=_retentions, help="comma-separated retentions (default 0.5,0.3,0.1,0.05,0.02,0.01)")
     p.add_argument("--model", help="another checkpoint folder trained by python -m framepress.training")
-    p.add_argument("--batch", type=_positive, default=50)
+    p.add_argument("--batch", type=_positive, default=50, help="clips per forward pass (default 50)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_bench_quality)
 
@@ -406,7 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retentions", type=_csv, required=True, help='comma-separated retentions, e.g. 0.5,0.1,"10%%/5%%"')
     p.add_argument("--tasks", type=_csv, required=True, help="comma-separated lmms-eval tasks")
     p.add_argument("--out", required=True, help="sweep folder (cells, then report/)")
-    p.add_argument("--frames", type=_positive, default=32)
+    p.add_argument("--frames", type=_positive, default=32, help="frames sampled per video (default 32)")
     p.add_argument("--num-processes", type=_positive, default=1, help="data-parallel processes (accelerate launch)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU (with --num-processes: gloo processes)")
     p.add_argument("--model-args", help="extra model_args for every cell, e.g. dtype=bfloat16")
@@ -425,9 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("features", nargs="?", help=".npy or .safetensors file of [T, H, W, C] (or [T, N, C]) features")
     p.add_argument("--synthetic", type=_shape, metavar="TxHxWxC", help="use synthetic smooth features of this shape")
     p.add_argument("--key", help="tensor name inside a .safetensors file")
-    p.add_argument("--grid", type=lambda s: tuple(int(v) for v in s.split("x")), metavar="HxW", help="grid of [T, N, C] input")
+    p.add_argument("--grid", type=_grid, metavar="HxW", help="grid of [T, N, C] input (default: square)")
     p.add_argument("-m", "--method", action="append", help="method name (repeatable; default: all)")
-    p.add_argument("-r", "--retention", type=float, help="share of tokens to keep, in (0, 1]")
+    p.add_argument("-r", "--retention", type=_share, help="share of tokens to keep, in (0, 1] (default: each method's own)")
     p.add_argument("-p", "--param", type=_param, action="append", metavar="NAME=VALUE", help="method parameter (repeatable)")
     p.add_argument("-o", "--output", help="write the tokens of the (single) method to this .safetensors file")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -443,16 +731,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _message(exc: BaseException) -> str:
+    """An error in one line: an OSError as "path: reason" (the user's path), anything else as its text."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+        return f"{exc.filename}{target}: {exc.strerror}"
+    if isinstance(exc, MemoryError):
+        return f"out of memory{': ' + str(exc) if str(exc) else ''}"
+    return str(exc) or type(exc).__name__
+
+
+def _set_signals() -> dict:
+    """SIGTERM raises Terminated and SIGINT KeyboardInterrupt (unless the caller ignores them); returns the old
+    handlers. Only the main thread can set handlers (a test may call main from another)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for signum, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _on_sigterm)):
+        current = signal.getsignal(signum)
+        if current is not signal.SIG_IGN:
+            old[signum] = signal.signal(signum, handler)
+    return old
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    old = _set_signals()
+    command = "framepress"
     try:
-        return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
-        print(f"framepress {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"framepress {args.command}: interrupted", file=sys.stderr)
-        return 130
+        try:
+            args = build_parser().parse_args(argv)
+            command = f"framepress {args.command}"
+            return args.run(args)
+        except KeyboardInterrupt:
+            print(f"{command}: interrupted", file=sys.stderr)
+            return 130
+        except Terminated:
+            print(f"{command}: terminated", file=sys.stderr)
+            return 143
+        except (ValueError, TypeError, FileNotFoundError) as exc:  # a bad argument or input, named
+            print(f"{command}: error: {_message(exc)}", file=sys.stderr)
+            return 2
+        except (OSError, RuntimeError, MemoryError) as exc:  # the run failed: a write, the network, memory
+            print(f"{command}: error: {_message(exc)}", file=sys.stderr)
+            return 1
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,11 @@ def check_memory(nbytes: int, what: str) -> None:
 
 
 def _gb(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.3g} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.3g} MiB"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            value = nbytes / size
+            return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
+    return f"{nbytes} bytes"
 
 
 def save_tokens(path: str | os.PathLike, tokens: Tokens) -> None:

@@ -70,12 +70,21 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
-def _check_output(path: Path) -> None:
-    """Refuse, naming ``path``, what would fail later under the temporary file's name."""
-    if os.fspath(path) in ("", "."):
+def check_output(path: str | os.PathLike) -> None:
+    """Refuse, naming ``path``, what would fail later under the temporary file's name (a folder, a FIFO or
+    device, a name too long): callers may check up front, before the work whose result they write."""
+    if os.fspath(path) == "":
         raise ValueError("the output path is empty")
+    path = Path(path)
     if len(os.fsencode(path.name)) > _name_max(path.parent):
         raise OSError(errno.ENAMETOOLONG, "file name too long", os.fspath(path))
+    folder = path.parent
+    while not os.path.lexists(folder) and folder != folder.parent:  # the folders to be made: their first existing one
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "is not a folder, so nothing can be written in it", os.fspath(folder))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "permission denied (cannot write in this folder)", os.fspath(folder))
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -118,8 +127,8 @@ def atomic(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` (same suffix, so writers that read it still work) that replaces ``path``
     when the block ends, and is removed if the block raises or is interrupted. Errors name ``path``, never the
     temporary file."""
+    check_output(path)
     path = Path(path)
-    _check_output(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -370,8 +370,16 @@ def load(
         raise FileNotFoundError(
             f"model {source!r} could not be loaded: "
             + (f"{exc}" if local else "it is not on this machine and could not be downloaded (offline?). "
-               f"Download it where the hub is reachable (huggingface-cli download {source} --local-dir DIR), copy "
+               f"Download it where the hub is reachable (hf download {source} --local-dir DIR), copy "
                "DIR here and pass the folder: --model DIR")
         ) from None
+    except Exception as exc:
+        # safetensors raises its own SafetensorError for a damaged or truncated weights file: name the file
+        from .packaged import damaged_weights
+
+        damaged = damaged_weights(source) if Path(source).is_dir() else None
+        if damaged is None:
+            raise
+        raise ValueError(f"model {source!r} could not be loaded: {damaged}; copy or download it again") from None
     net = net.to(device).eval()
     return Pipeline(net, tokenizer, source, method, retention, frames, params)
