@@ -353,3 +353,175 @@ def test_cli_usage_errors_exit_with_2(capsys, args):
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     assert code == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tensor kinds that would reach torch internals (issue 12): refused up front, by the argument's name
+# ---------------------------------------------------------------------------------------------------------------
+
+FLOAT8 = [getattr(torch, d) for d in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz") if hasattr(torch, d)]
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("dtype", FLOAT8, ids=str)
+def test_float8_is_refused_by_name(name, dtype):
+    with pytest.raises(TypeError, match=rf"^x: {str(dtype).replace('torch.', '')} is not supported; use float16"):
+        framepress.compress(video().to(dtype), name, 0.5)
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_sparse_is_refused_by_name(name, layout):
+    x = video().to_sparse() if layout == "coo" else video()[0, 0].to_sparse_csr()
+    with pytest.raises(TypeError, match=r"^x: sparse tensors are not supported"):
+        framepress.compress(x, name, 0.5)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_meta_is_refused_by_name(name):
+    with pytest.raises(ValueError, match=r"^x: meta tensors hold no values"):
+        framepress.compress(video().to("meta"), name, 0.5)
+
+
+@pytest.mark.parametrize("name", ["unified", "visionzip", "holitom", "fastvid"])
+@pytest.mark.parametrize("kind", ["sparse", "meta", "float8"])
+def test_odd_scores_are_refused_by_name(name, kind):
+    scores = torch.rand(2, 4, 5)
+    scores = {"sparse": scores.to_sparse(), "meta": scores.to("meta"), "float8": scores.to(FLOAT8[0])}[kind]
+    with pytest.raises((TypeError, ValueError), match=r"^scores: "):
+        framepress.compress(video(), name, 0.5, scores=scores)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# every method's parameter values: types, ranges, sizes against the grid (issue 12)
+# ---------------------------------------------------------------------------------------------------------------
+
+PARAMETERS = [
+    # gridpool: the PTG levels
+    ("gridpool", None, {"group_sizes": 4}, TypeError, r"^group_sizes must be a tuple of ints, got int"),
+    ("gridpool", None, {"group_sizes": None}, TypeError, r"^group_sizes must be a tuple of ints, got NoneType"),
+    ("gridpool", None, {"group_sizes": 4.0}, TypeError, r"^group_sizes must be a tuple of ints, got float"),
+    ("gridpool", None, {"group_sizes": (4, 4.0, 4)}, TypeError, r"^group_sizes\[1\] must be an int, got float"),
+    ("gridpool", None, {"group_sizes": (4, 0, 4)}, ValueError, r"^group_sizes\[1\] must be in \[1, 64\], got 0"),
+    ("gridpool", None, {"group_sizes": (10**18,) * 3}, ValueError, r"^group_sizes\[0\] must be in \[1, 64\]"),
+    ("gridpool", None, {"group_sizes": ()}, ValueError, r"^group_sizes must hold at least one int"),
+    ("gridpool", None, {"strides": None}, TypeError, r"^strides must be a tuple of ints, got NoneType"),
+    ("gridpool", None, {"strides": (2, -4, 8)}, ValueError, r"^strides\[1\] must be in"),
+    ("gridpool", None, {"strides": (2, 4)}, ValueError, r"^group_sizes and strides must pair up per level"),
+    # gridpool: the NSP window
+    ("gridpool", None, {"padding": 2}, ValueError, r"^padding must be at most half the kernel \(kernel=2: at most 1\), got 2"),
+    ("gridpool", None, {"kernel": 2, "padding": 2}, ValueError, r"^padding must be at most half the kernel"),
+    ("gridpool", None, {"kernel": 3, "padding": 5}, ValueError, r"^padding must be at most half the kernel"),
+    ("gridpool", 0.5, {"padding": 10**12}, ValueError, r"^padding must be at most half the 4x5 grid's larger side \(2\), got 10+"),
+    ("gridpool", None, {"padding": 10**6}, ValueError, r"^padding must be at most half the 4x5 grid's larger side"),
+    ("gridpool", None, {"padding": -1}, ValueError, r"^padding must be in \[0, None\], got -1"),
+    ("gridpool", None, {"padding": 1.0}, TypeError, r"^padding must be an int, got float"),
+    ("gridpool", None, {"kernel": 0}, ValueError, r"^kernel must be in \[1, None\], got 0"),
+    ("gridpool", None, {"kernel": 6}, ValueError, r"^kernel=6 with padding=0 does not fit the 4x5 grid"),
+    ("gridpool", None, {"kernel": 2.5}, TypeError, r"^kernel must be an int, got float"),
+    ("gridpool", 0.5, {"kernel": 2}, ValueError, r"retention or kernel"),
+    ("gridpool", None, {"nsp": False, "padding": 1}, ValueError, r"^padding must be at most half the kernel \(kernel=1"),
+    ("gridpool", None, {"ptg": "yes"}, TypeError, r"^ptg must be True or False, got str"),
+    ("gridpool", None, {"nsp": 1}, TypeError, r"^nsp must be True or False, got int"),
+    ("gridpool", None, {"temp": -1}, ValueError, r"^temp must be a finite number in \[0\.0, 10000\.0\]"),
+    ("gridpool", None, {"temp": math.inf}, ValueError, r"^temp must be a finite number"),
+    ("gridpool", None, {"p": 0.1}, ValueError, r"^p must be a finite number in \[0\.5, 16\.0\]"),
+    ("gridpool", None, {"p": "2"}, TypeError, r"^p must be a number, got str"),
+    ("gridpool", None, {"setting": "2:1"}, ValueError, r"^setting must be one of '4:1', '8:1'"),
+    # the others
+    ("unified", 0.5, {"tau": 1.5}, ValueError, r"^tau must be a finite number in \[-1\.0, 1\.0\]"),
+    ("unified", 0.5, {"cluster_ratio": "0.3"}, TypeError, r"^cluster_ratio must be a number"),
+    ("unified", 0.5, {"k": 0}, ValueError, r"^k must be in \[1, None\], got 0"),
+    ("unified", 0.5, {"merge": "max"}, ValueError, r"^merge must be one of 'mean', 'center'"),
+    ("unified", 0.5, {"beta": math.nan}, ValueError, r"^beta must be a finite number"),
+    ("visionzip", 0.5, {"dominant_share": 2}, ValueError, r"^dominant_share must be a finite number in \[0\.0, 1\.0\]"),
+    ("visionzip", 0.5, {"contextual": "max"}, ValueError, r"^contextual must be one of 'sum', 'mean'"),
+    ("holitom", 0.5, {"tau": None}, TypeError, r"^tau must be a number, got NoneType"),
+    ("holitom", 0.5, {"max_window": 1}, ValueError, r"^max_window must be in \[2, None\], got 1"),
+    ("holitom", 0.5, {"k": 7.0}, TypeError, r"^k must be an int, got float"),
+    ("fastvid", 0.5, {"min_segments": 0}, ValueError, r"^min_segments must be in \[1, None\], got 0"),
+    ("fastvid", 0.5, {"anchor_stride": True}, TypeError, r"^anchor_stride must be an int, got bool"),
+    ("fastvid", 0.5, {"context_share": -0.1}, ValueError, r"^context_share must be a finite number"),
+    ("prunevid", 0.5, {"temporal_segment_ratio": 0}, ValueError, r"^temporal_segment_ratio must be in \(0, 1\], got 0"),
+    ("prunevid", 0.5, {"cluster_ratio": 1.5}, ValueError, r"^cluster_ratio must be a finite number"),
+    ("prunevid", None, {"k": "7"}, TypeError, r"^k must be an int, got str"),
+    ("dycoke", None, {"prune": 1.5}, ValueError, r"^prune must be a finite number in \[0\.0, 1\.0\]"),
+    ("pool", None, {"stride": "2"}, TypeError, r"^stride must be an int, got str"),
+    ("frames", None, {"num_frames": "1"}, TypeError, r"^num_frames must be an int, got str"),
+    ("sttm", None, {"root_level": 0.5}, TypeError, r"^root_level must be an int, got float"),
+]
+
+
+@pytest.mark.parametrize("name, retention, params, error, pattern", PARAMETERS)
+def test_method_parameters(name, retention, params, error, pattern):
+    if "scores" in registry.get(name).required:
+        params = {**params, "scores": "norm"}
+    with pytest.raises(error, match=pattern):
+        framepress.compress(video(), name, retention, **params)
+
+
+@pytest.mark.parametrize("name, retention, params, error, pattern", PARAMETERS)
+def test_bind_checks_the_same_values(name, retention, params, error, pattern):
+    """The registry's bind (what apply runs) gives the same error without any input, except for the checks
+    that need the grid, the retention or the kernel the call derives."""
+    if "grid" in pattern or "retention" in pattern or ("padding" in params and "kernel" not in params):
+        pytest.skip("needs the grid, the retention or the derived kernel")
+    with pytest.raises(error, match=pattern):
+        registry.get(name).bind({**params, "scores": None} if "scores" in registry.get(name).params else params)
+
+
+@pytest.mark.parametrize(
+    "name, params, error, pattern",
+    [
+        ("framefusion", {"similarity": "0.6"}, TypeError, r"^similarity must be a number"),
+        ("framefusion", {"cost": 2}, ValueError, r"^cost must be a finite number in \[0\.0, 1\.0\]"),
+        ("unified_merge", {"lam": -1}, ValueError, r"^lam must be a finite number"),
+        ("prunevid_prune", {"alpha": 0}, ValueError, r"^alpha must be in \(0, 1\], got 0"),
+    ],
+)
+def test_in_llm_parameters_at_bind(name, params, error, pattern):
+    with pytest.raises(error, match=pattern):
+        registry.get(name).bind(params)
+
+
+def test_gridpool_padding_within_half_the_kernel_gives_valid_tokens():
+    out = framepress.compress(video(H=5, W=5), "gridpool", kernel=3, padding=1)
+    out.check()
+    assert out.info["grid"] == (2, 2)
+
+
+def test_bind_fills_defaults_and_normalizes():
+    bound = registry.get("gridpool").bind({"group_sizes": [2, 2], "strides": [2, 4]})
+    assert bound["group_sizes"] == (2, 2) and bound["strides"] == (2, 4) and bound["padding"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# apply checks parameter values at once (not at the first generate), and leaves nothing patched
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from framepress.models.tiny import tiny_model
+
+    return tiny_model("llava_onevision", layers=2)
+
+
+@pytest.mark.parametrize(
+    "method, params, error, pattern",
+    [
+        ("sttm", {"tau_s": "x"}, TypeError, r"^tau_s must be a number, got str"),
+        ("sttm", {"variant": "fastest"}, ValueError, r"^variant must be one of"),
+        ("gridpool", {"group_sizes": 4}, TypeError, r"^group_sizes must be a tuple of ints"),
+        ("gridpool", {"kernel": 2, "padding": 3}, ValueError, r"^padding must be at most half the kernel"),
+        ("pool", {"stride": 0}, ValueError, r"^stride must be in"),
+        ("unified", {"lam": 2.0}, ValueError, r"^lam must be a finite number"),
+        ("holitom", {"tau": "high"}, TypeError, r"^tau must be a number"),
+        ("fastv", {"bogus": 1}, ValueError, r"unknown parameter\(s\) bogus"),
+    ],
+)
+def test_apply_checks_values_at_once(tiny, method, params, error, pattern):
+    with pytest.raises(error, match=pattern):
+        framepress.apply(tiny, method, retention=0.5, **params)
+    assert "_framepress_patch" not in tiny.__dict__

@@ -62,3 +62,12 @@ def test_a_new_method_is_one_function_and_one_decorator():
         assert registry.get("test_first_token").summary == "Keep the first tokens."
     finally:
         registry._METHODS.pop("test_first_token")
+
+
+def test_check_refuses_no_token_for_a_non_empty_grid():
+    """A method that returns nothing for a non-empty grid (STTM once did, on sign(x) * 1.6e308) is caught."""
+    empty = framepress.Tokens.from_source(
+        torch.zeros(0, 3), torch.zeros(0, 5, dtype=torch.long), torch.full((8,), -1), (2, 2, 2)
+    )
+    with pytest.raises(ValueError, match=r"no output token for a non-empty 2x2x2 grid"):
+        empty.check()
