@@ -8,6 +8,7 @@ a decoded frame says which source frame it is.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -432,3 +433,32 @@ def test_bad_arguments(mp4, kwargs, error, match):
 def test_bad_path_type():
     with pytest.raises(TypeError, match="path must be a str or os.PathLike, got int"):
         load_video(123)
+
+
+def test_paths_that_are_not_videos_are_refused_before_opening(tmp_path):
+    with pytest.raises(ValueError, match=r"no such video, image or folder: the path is empty"):
+        load_video("")  # not the current folder
+    (tmp_path / "loop.mp4").symlink_to(tmp_path / "loop.mp4")
+    with pytest.raises(ValueError, match=r"loop\.mp4 is a symlink loop"):
+        load_video(tmp_path / "loop.mp4")
+    for name in ("pipe.mp4", "pipe.png"):
+        os.mkfifo(tmp_path / name)  # opening it would block until a writer comes: it is never opened
+        with pytest.raises(ValueError, match=rf"{name} is a FIFO \(named pipe\), not a video, image or folder"):
+            load_video(tmp_path / name)
+
+
+def test_a_folder_with_a_fifo_among_its_frames(tmp_path):
+    Image.fromarray(barcode(0)).save(tmp_path / "0.png")
+    os.mkfifo(tmp_path / "1.png")
+    with pytest.raises(ValueError, match=r"frame 1\.png is a FIFO \(named pipe\), not an image file"):
+        load_video(tmp_path, num_frames=2)
+    (tmp_path / "1.png").unlink()
+    (tmp_path / "1.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(FileNotFoundError, match=r"a frame is missing or a broken link: .*1\.png"):
+        load_video(tmp_path, num_frames=2)
+
+
+def test_the_size_limit_names_the_command_line_option_too(tmp_path):
+    Image.new("RGB", (10000, 10)).save(tmp_path / "wide.png")
+    with pytest.raises(ValueError, match=r"pass max_side \(e\.g\. max_side=1024; --max-side 1024 on the command line\)"):
+        load_video(tmp_path / "wide.png")

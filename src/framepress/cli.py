@@ -333,7 +333,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     elif args.output:
         print(f"wrote {args.output}")
     if all("error" in r for r in results):
-        print(f"framepress compress: error: no method met the request ({results[0]['error']})", file=sys.stderr)
+        print("framepress compress: error: no method met the request" + (" (each row says why)" if rows else ""),
+              file=sys.stderr)
         return 1
     return 0
 
@@ -376,6 +377,13 @@ def _hub_reachable(endpoint: str) -> bool:
         return False
 
 
+def _offline() -> bool:
+    """huggingface_hub's offline mode (read when it was imported), or HF_HUB_OFFLINE set since."""
+    from huggingface_hub import is_offline_mode
+
+    return is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
 def _resolve_model(model: str) -> str:
     """A local folder as it is; a hub id checked quickly, before the loader spends ~30 s on retries: offline
     (HF_HUB_OFFLINE) or with the hub unreachable, a model in the local cache loads from its snapshot folder and
@@ -384,7 +392,7 @@ def _resolve_model(model: str) -> str:
         return model
     if os.path.lexists(model):
         raise UsageError(f"--model {model}: not a folder (a checkpoint is a folder with config.json and weights)")
-    from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
+    from huggingface_hub import constants, try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -395,7 +403,7 @@ def _resolve_model(model: str) -> str:
     how = (f"download it where the hub is reachable (hf download {model} --local-dir DIR), copy DIR here and pass "
            "the folder: --model DIR")
     cached = try_to_load_from_cache(model, "config.json")
-    offline = is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    offline = _offline()
     if isinstance(cached, str):
         if offline or _hub_reachable(constants.ENDPOINT):
             return model
@@ -755,25 +763,33 @@ def _set_signals() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     old = _set_signals()
     command = "framepress"
+
+    def warn(message, category, filename, lineno, file=None, line=None):  # one line, not the source line
+        print(f"{command}: warning: {message}", file=sys.stderr)
+
     try:
-        try:
-            args = build_parser().parse_args(argv)
-            command = f"framepress {args.command}"
-            return args.run(args)
-        except KeyboardInterrupt:
-            print(f"{command}: interrupted", file=sys.stderr)
-            return 130
-        except Terminated:
-            print(f"{command}: terminated", file=sys.stderr)
-            return 143
-        except (ValueError, TypeError, FileNotFoundError) as exc:  # a bad argument or input, named
-            print(f"{command}: error: {_message(exc)}", file=sys.stderr)
-            return 2
-        except (OSError, RuntimeError, MemoryError) as exc:  # the run failed: a write, the network, memory
-            print(f"{command}: error: {_message(exc)}", file=sys.stderr)
-            return 1
+        with warnings.catch_warnings():
+            warnings.showwarning = warn
+            try:
+                args = build_parser().parse_args(argv)
+                command = f"framepress {args.command}"
+                return args.run(args)
+            except KeyboardInterrupt:
+                print(f"{command}: interrupted", file=sys.stderr)
+                return 130
+            except Terminated:
+                print(f"{command}: terminated", file=sys.stderr)
+                return 143
+            except (ValueError, TypeError, FileNotFoundError) as exc:  # a bad argument or input, named
+                print(f"{command}: error: {_message(exc)}", file=sys.stderr)
+                return 2
+            except (OSError, RuntimeError, MemoryError) as exc:  # the run failed: a write, the network, memory
+                print(f"{command}: error: {_message(exc)}", file=sys.stderr)
+                return 1
     finally:
         for signum, handler in old.items():
             signal.signal(signum, handler)
