@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import framepress
 from framepress import features, show
@@ -288,3 +288,168 @@ def test_tokens_must_be_framepress_tokens(tokens, x):
     broken = Tokens(good.features, good.boxes, good.sizes + 1, good.source, good.grid)
     with pytest.raises(ValueError, match="tokens are inconsistent: sizes disagree"):
         show.contact_sheet(frames, broken)
+
+
+# Text: plurals, word gaps, the legend ---------------------------------------------------------------------
+
+
+def drawn_texts(monkeypatch):
+    """Every line the next sheets write, in order."""
+    texts = []
+    real = show._text
+    monkeypatch.setattr(show, "_text", lambda draw, xy, text, *a: (texts.append(text), real(draw, xy, text, *a)))
+    return texts
+
+
+def test_frame_labels_count_tokens_with_plurals_and_the_legend_names_the_representative(monkeypatch):
+    x = features.synthetic(T, H, W, 4)
+    tok = Tokens.select(x, torch.tensor([5, H * W + 3, H * W + 9]))  # 1 token in frame 0, 2 in frame 1, none after
+    texts = drawn_texts(monkeypatch)
+    show.contact_sheet(gradient_frames(T), tok, cell=112)
+    assert texts[:4] == ["frame 0 (1 token)", "frame 1 (2 tokens)", "frame 2 (0 tokens)", "frame 3 (0 tokens)"]
+    assert texts[4] == "retention 0.00: 3 of 784 tokens"
+    assert texts[5:7] == ["3 tokens of 784", "drawn on the 4x14x14 grid: 3 single, 0 merged groups, 781 of 784 cells dropped"]
+    assert texts[7:] == list(show.LEGEND) and "coloured outline: a group's representative" in show.LEGEND
+    assert [show.plural(n, "token") for n in (0, 1, 2)] == ["0 tokens", "1 token", "2 tokens"]
+
+
+def test_words_are_drawn_with_a_readable_gap():
+    """The default font's space is 2 px at 11 px type: words are placed with a gap of at least 0.35 em."""
+    font = show._font(11)
+    image = Image.new("L", (200, 20), 0)
+    show._text(ImageDraw.Draw(image), (2, 2), "(1 token)", font, 255, 200)
+    ink = np.flatnonzero(np.asarray(image).max(0) > 0)
+    gaps = np.diff(ink) - 1
+    assert gaps.max() >= math.floor(show.WORD_GAP * 11)
+    assert show._line_width("(1 token)", font) == pytest.approx(
+        font.getlength("(1") + font.getlength("token)") + show.WORD_GAP * 11
+    )
+
+
+# Tiles follow the clip's aspect ------------------------------------------------------------------------------
+
+
+def test_16_9_frames_get_16_9_tiles_without_bands(tokens):
+    tok = tokens["random"]
+    frames = gradient_frames(T, 36, 64)
+    sheet = show.contact_sheet(frames, tok, cell=128)
+    lay = show.layout(frames.shape, tok.grid, None, 128)
+    assert lay.frame_size == (72, 128) and sheet.size == expected_size(T, None, 128, (36, 64))
+    check_overlay(sheet, frames, tok, lay)  # every pixel of every tile is the frame (dimmed, tinted or not)
+    a = np.asarray(sheet)
+    for f in range(T):
+        ox, oy = lay.frame_origin(f)
+        assert (a[oy + 72 : oy + 72 + show.GAP, ox : ox + 128] == show.BACKGROUND).all()  # white right under the tile
+        assert not (a[oy : oy + 72, ox : ox + 128] == show.BACKGROUND).all(-1).any()  # no band inside it
+    tall = show.layout((T, 64, 36, 3), tok.grid, None, 128)
+    assert tall.frame_size == (128, 72)
+
+
+# Runs inside a model: every stage composed back onto the grid -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from framepress import packaged
+
+    pipe = framepress.load(packaged.path(), frames=16, device="cpu")
+    yield pipe
+    pipe.close()
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from framepress import synth
+    from framepress.demo import write_video
+    from framepress.video import load_video
+
+    item = synth.generate("needle", 1, split="test", frames=16)
+    return load_video(write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", item.frames), num_frames=16)
+
+
+def expected_two_stage(patch, record):
+    """What a two-stage run kept, worked out from the pre-LLM rewrite's own index (not from the records' slots):
+    the original sequence slot of each final representative, and the final token of every grid cell."""
+    entry = patch.current.entry.index[0]  # the original position behind each slot of the LLM's sequence
+    slots, (t_, h_, w_) = record["blocks"][0][0]
+    first = patch.last_tokens[0]
+    inner = record["stages"][1]
+    rep_slot = [slots[t * h_ * w_ + y * w_ + x] for t, y, x in first.positions.tolist()]
+    first_at = {s: i for i, s in enumerate(rep_slot)}  # original slot of a representative -> pre-LLM token
+    final_of = {first_at[int(entry[m])]: g for m, g in zip(inner["members"][0], inner["group"][0])}
+    cells = [final_of.get(int(s), -1) if s >= 0 else -1 for s in first.source.tolist()]
+    return {int(entry[k]) for k in inner["kept"][0]}, cells
+
+
+@pytest.mark.parametrize("method", ["unified", "holitom", "prunevid"])
+def test_two_stage_pictures_draw_what_was_really_kept(pipe, clip, method, tmp_path):
+    pipe.use(method, "25%/12.5%", inner_layer=2)
+    video, tok = pipe.kept(clip)
+    patch, record = pipe.handle._patch, pipe.handle.stats[-1]
+    slots, (t_, h_, w_) = record["blocks"][0][0]
+    assert tok.grid == (16, 6, 6) and len(tok) == record["stages"][1]["visual_out"][0] == 72
+    truly, cells = expected_two_stage(patch, record)
+    t, y, x = tok.positions.T
+    assert {slots[i] for i in (t * h_ * w_ + y * w_ + x).tolist()} == truly
+    # every cell is drawn with the final token its pre-LLM token went into (output order aside)
+    final = tok.source.tolist()
+    pairs = {(a, b) for a, b in zip(cells, final)}
+    assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})  # one-to-one
+    assert ((torch.tensor(cells) < 0) == (tok.source < 0)).all()
+    # the kept tokens spread over the clip as the method kept them (the old picture put all 72 in frames 0-2)
+    frames_with_tokens = set(t.tolist())
+    assert len(frames_with_tokens) >= 8 and max(frames_with_tokens) >= 12
+    # in-LLM merges are groups: some final token stands for several pre-LLM tokens' cells, across frames
+    merged = (tok.sizes > 1).nonzero()[:, 0].tolist()
+    assert merged
+    spans = [len(set((tok.source.reshape(tok.grid) == g).nonzero()[:, 0].tolist())) for g in merged]
+    assert max(spans) > 1
+    # and the picture draws exactly these tokens: each merged group's representative outlined in its colour
+    path = pipe.show(clip, tmp_path / "two.png", cell=96)
+    with Image.open(path) as picture:
+        sheet = picture.convert("RGB")
+    assert np.array_equal(np.asarray(sheet), np.asarray(show.contact_sheet(
+        video.frames, tok, cell=96, title=f"{method}, retention 25%/12.5%")))
+    lay = show.layout(video.frames.shape, tok.grid, None, 96)
+    for g in merged:
+        ft, y0, x0, y1, x1 = tok.boxes[g].tolist()
+        assert (border(sheet, lay.token_rect(ft, y0, x0, y1, x1)) == show.group_colour(g)).all(), g
+    pipe.close()
+
+
+def test_an_in_llm_stage_alone_is_drawn_at_the_cells_it_kept(pipe, clip):
+    pipe.use("fastv", 0.25, layer=2)
+    _, tok = pipe.kept(clip)
+    record = pipe.handle.stats[-1]
+    slots, grid = record["blocks"][0][0]
+    index = torch.searchsorted(torch.tensor(slots), torch.tensor(record["stages"][0]["kept"][0]))
+    assert tok.grid == tuple(grid) and set(index.tolist()) == set((tok.source >= 0).nonzero()[:, 0].tolist())
+    assert (tok.sizes == 1).all() and len(tok) == 144
+    assert show.header_lines(tok)[0] == "visual tokens: 576 -> 144 at layer 2"
+    pipe.close()
+
+
+def test_gridpool_header_counts_both_grids(pipe, clip, monkeypatch):
+    pipe.use("gridpool", 0.25)
+    texts = drawn_texts(monkeypatch)
+    pipe.show(clip, cell=64)
+    record = pipe.handle.stats[-1]
+    assert record["tokens_in"] == [576] and record["stages"][0]["visual_out"] == [144]  # what the table counts
+    title, flow, drawn = texts[16:19]
+    assert title == "gridpool, retention 0.25"
+    assert flow == "visual tokens: 576 -> 144 before the LLM (the LLM's grid: 16x6x6)"
+    assert drawn.startswith("drawn on the 16x12x12 grid before pooling: ") and drawn.endswith(" of 2304 cells dropped")
+    pipe.close()
+
+
+def test_composed_refuses_what_it_cannot_draw(pipe, clip):
+    pipe.use("unified", "25%/12.5%", inner_layer=2)
+    pipe.kept(clip)
+    record = pipe.handle.stats[-1]
+    with pytest.raises(ValueError, match="first: the run has a pre-LLM stage"):
+        show.composed(record)
+    with pytest.raises(ValueError, match="sample must be in"):
+        show.composed(record, pipe.handle._patch.last_tokens[0], sample=1)
+    with pytest.raises(TypeError, match="record must be one entry of Handle.stats"):
+        show.composed([record])
+    pipe.close()
