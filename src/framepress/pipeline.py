@@ -113,7 +113,7 @@ class Pipeline:
         """Answer ``question`` about ``video`` (a path, or a loaded :class:`framepress.video.Video`)."""
         question = _check_question(question)
         video = self.load_video(video, frames)
-        inputs = self._to_device(self.prompter.inputs(video.frames, question, sampled_fps(video)))
+        inputs = self._to_device(self.prompter.inputs(video.frames, question, video))
         return self._generate(inputs, inputs["input_ids"].shape[1], max_new_tokens, generate_kwargs)
 
     def score(self, video, question: str, continuation: str, frames: int | None = None) -> Answer:
@@ -143,7 +143,7 @@ class Pipeline:
                 raise ValueError(f"continuation {continuation!r} encodes to no tokens")
             targets.append(ids)
         video = self.load_video(video, frames)
-        inputs = self._to_device(self.prompter.inputs(video.frames, question, sampled_fps(video)))
+        inputs = self._to_device(self.prompter.inputs(video.frames, question, video))
         prompt_length = inputs["input_ids"].shape[1]
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -194,7 +194,7 @@ class Pipeline:
         video = self.load_video(video, frames)
         if self.handle is None:
             raise ValueError("no method is applied: nothing to show")
-        inputs = self._to_device(self.prompter.inputs(video.frames, question, sampled_fps(video)))
+        inputs = self._to_device(self.prompter.inputs(video.frames, question, video))
         with torch.no_grad():
             self.model(**inputs)
         from .show import composed
@@ -287,7 +287,7 @@ class Chat:
 
     def __init__(self, pipeline: Pipeline, video):
         self.pipeline, self.video = pipeline, video
-        prefix, self.tail = pipeline.prompter.split(video.frames, sampled_fps(video))
+        prefix, self.tail = pipeline.prompter.split(video.frames, video)
         start = time.perf_counter()
         self.session = Session(pipeline.model, pipeline._to_device(prefix))
         self.prefill_s = time.perf_counter() - start
@@ -315,14 +315,6 @@ def _continuation_logprob(logits: tuple[torch.Tensor, ...], targets: list[int]) 
     target = torch.tensor(targets, device=steps.device)
     logprob = steps.log_softmax(-1).gather(1, target[:, None]).sum()
     return {"logprob": float(logprob), "greedy": bool((steps.argmax(-1) == target).all())}
-
-
-def sampled_fps(video) -> float | None:
-    """Frames per second of the sampled frames (what a Qwen processor's ``fps`` means), from their timestamps."""
-    stamps = getattr(video, "timestamps", None)
-    if stamps is not None and len(stamps) > 1 and stamps[-1] > stamps[0]:
-        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
-    return getattr(video, "fps", None)
 
 
 def _check_question(question: Any) -> str:

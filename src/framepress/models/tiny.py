@@ -168,18 +168,44 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% endif %}<|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant "
     "{% endif %}"
 )
+#: The Qwen families' template: a video is ``<|vision_start|><|video_pad|><|vision_end|>``, as in the real ones.
+QWEN_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<video> ", "<|vision_start|><|video_pad|><|vision_end|> ")
+
+def qwen_processor_config(family: str) -> dict:
+    """The tiny Qwen checkpoints' ``processor_config.json`` in the layout transformers 5.x saves: the processor
+    class and its image and video processors' settings, small pixel budgets so a 64x64 clip is a few tokens (every
+    setting not given is the transformers processors' default)."""
+    if family == "qwen2_5_vl":
+        common = {"size": {"shortest_edge": 28 * 28, "longest_edge": 112 * 112}, "patch_size": 14}
+        video, processor = "Qwen2VLVideoProcessor", "Qwen2_5_VLProcessor"
+    elif family == "qwen3_vl":
+        common = {"size": {"shortest_edge": 32 * 32 * 2, "longest_edge": 64 * 64 * 16}, "patch_size": 16}
+        video, processor = "Qwen3VLVideoProcessor", "Qwen3VLProcessor"
+    else:
+        raise ValueError(f"family must be qwen2_5_vl or qwen3_vl, got {family!r}")
+    common.update(temporal_patch_size=2, merge_size=2)
+    return {
+        "processor_class": processor,
+        "image_processor": {"image_processor_type": "Qwen2VLImageProcessor", **common},
+        "video_processor": {"video_processor_type": video, **common},
+    }
 
 
-def tiny_tokenizer():
-    """A word-level tokenizer over :data:`WORDS` with the tiny configs' special ids and a chat template."""
+def tiny_tokenizer(family: str = "llava_onevision"):
+    """A word-level tokenizer over :data:`WORDS` with the tiny configs' special ids and a chat template; the Qwen
+    families name their placeholders as the real Qwen tokenizers do (``<|video_pad|>``, ``<|image_pad|>``)."""
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
 
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    qwen = family != "llava_onevision"
     vocab = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<unk>": 3}
     for word in WORDS:
         vocab.setdefault(word, len(vocab))
-    special = {"<|im_start|>": 248, "<|im_end|>": 249, "<image>": IMAGE, "<video>": VIDEO,
-               "<|vision_start|>": VISION_START, "<|vision_end|>": VISION_END}
+    special = {"<|im_start|>": 248, "<|im_end|>": 249, ("<|image_pad|>" if qwen else "<image>"): IMAGE,
+               ("<|video_pad|>" if qwen else "<video>"): VIDEO, "<|vision_start|>": VISION_START,
+               "<|vision_end|>": VISION_END}
     vocab.update(special)
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -187,12 +213,14 @@ def tiny_tokenizer():
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
         additional_special_tokens=list(special),
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE if qwen else CHAT_TEMPLATE
     return tokenizer
 
 
 def save_tiny_checkpoint(path, family: str = "llava_onevision", layers: int = 4, seed: int = 0):
-    """Write a loadable tiny checkpoint (random weights, tokenizer, chat template) to ``path``; returns it."""
+    """Write a loadable tiny checkpoint (random weights, tokenizer, chat template; for the Qwen families their
+    video processor settings) to ``path``; returns it."""
+    import json
     from pathlib import Path
 
     path = Path(path)
@@ -200,5 +228,7 @@ def save_tiny_checkpoint(path, family: str = "llava_onevision", layers: int = 4,
     model.generation_config.eos_token_id = EOS
     model.generation_config.pad_token_id = PAD
     model.save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
+    tiny_tokenizer(family).save_pretrained(path)
+    if family != "llava_onevision":  # the processor's settings, written without building it (needs torchvision)
+        (path / "processor_config.json").write_text(json.dumps(qwen_processor_config(family), indent=2))
     return path
