@@ -11,10 +11,16 @@ Pre-LLM (``holitom``):
 In-LLM (``holitom_merge``, layer 18): keep the visual tokens the last token attends to most in layer 17 and
 average every other one into its most similar kept token.
 
-Deviations, both for the library's contracts: the official code rounds each frame's and window's share and lands
-near the budget; here the shares are split by largest remainder so the total is exactly the budget. And a static
-token sits at its center's position in the window's first frame, so the output is in (t, y, x) order (the
-official LLaVA-OneVision path puts a window's static tokens before its frames).
+Counts (``allocation``; golden/holitom/README.md facts 2-4): "official" (the default) is the official rule: r' =
+min(r * M / (M - saved), 1), each window's static tokens become round(n_static * r') clusters and each frame keeps
+ceil(n_dynamic * r') tokens, so the total overshoots the budget (a 32x14x14 clip, budgets 627 and 125: +1.4 to
++2.7% at 10% and +10 to +13% at 2% on the golden static clip and framepress.features.synthetic; with nothing static
+640 and 128 tokens, +2.1% and +2.4%), and once r' reaches 1 every token left after temporal merging is kept (below
+the budget). "exact" returns exactly the budget: the same shares
+split by largest remainder, and the windows are dropped when averaging over time alone would go below the budget.
+
+Output order: the official LLaVA-OneVision (``one_token``) order, per window its static tokens (by center position),
+then each frame's dynamic tokens in position order. A static token stands at its center in the window's first frame.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from ..layer import LayerInputs
 from ..registry import register
 from ..tokens import Tokens
 from .unified import contribution, merge_into_kept
+
+ALLOCATIONS = ("official", "exact")
 
 
 def static_windows(static: torch.Tensor, max_window: int) -> tuple[list[tuple[int, int]], int]:
@@ -65,12 +73,34 @@ def largest_remainder(quotas: torch.Tensor, caps: torch.Tensor, total: int) -> t
     return counts
 
 
+def typed_retention(budget: int, total: int) -> float:
+    """The retention behind a budget, as a caller types it: the shortest decimal r > 0 with
+    max(1, round(r * total)) == budget (0.1 for 627 of 6272). The official code computes its counts from r itself
+    and framepress passes only the count, so r is read back this way (budget / total otherwise)."""
+    for digits in range(1, 18):
+        r = round(budget / total, digits)
+        if r > 0 and max(1, round(r * total)) == budget:
+            return r
+    return budget / total
+
+
+def official_counts(sizes: list[int], is_static: list[bool], share: float) -> list[int]:
+    """The official per-bucket counts: round(n * r') static clusters a window (llava_arch.py:201), ceil(n * r')
+    dynamic tokens a frame (line 154). If they come to nothing (a fully static clip at a one-token budget; the
+    official code returns no token) the largest bucket keeps one."""
+    counts = [round(n * share) if s else math.ceil(n * share) for n, s in zip(sizes, is_static)]
+    if sum(counts) == 0:
+        counts[max(range(len(sizes)), key=lambda i: sizes[i])] = 1
+    return counts
+
+
 def check(p: dict) -> dict:
     """HoliTom's parameter values (run at apply and at every call)."""
     p["tau"] = checks.number("tau", p["tau"], -1.0, 1.0)
     p["beta"] = checks.number("beta", p["beta"], 0.0, 1.0)
     p["k"] = checks.integer("k", p["k"], 1)
     p["max_window"] = checks.integer("max_window", p["max_window"], 2)
+    p["allocation"] = checks.choice("allocation", p["allocation"], ALLOCATIONS)
     return p
 
 
@@ -90,9 +120,10 @@ def holitom(
     beta: float = 0.6,
     k: int = 7,
     max_window: int = 1024,
+    allocation: str = "official",
 ) -> Tokens:
     """Temporal windows of static tokens, then attention selection of dynamic tokens and DPC-KNN merging of static
-    ones; exactly the budget.
+    ones; the official counts (near the budget), or exactly the budget.
 
     Args:
         scores: [T, H, W] attention each token receives in the vision encoder (inside a model: supplied), or
@@ -101,6 +132,11 @@ def holitom(
         beta: a static cluster's center weight (0.6).
         k: DPC-KNN neighbours (7, or fewer when there are fewer clusters).
         max_window: the longest temporal window (1024).
+        allocation: "official" (the official per-window and per-frame rounding, above the budget; see the module
+            notes) or "exact" (exactly the budget).
+
+    With the default the output equals the official code (golden/holitom/README.md: counts, representatives,
+    features to 1e-4, source); the official r is read back from the budget (:func:`typed_retention`).
     """
     if budget is None:
         raise ValueError("holitom needs a retention (its budget)")
@@ -111,9 +147,8 @@ def holitom(
     hat = ops.normalize(grid)
     similar = (hat[:-1] * hat[1:]).sum(-1) > tau if T > 1 else torch.zeros(0, n, dtype=torch.bool, device=dev)
     windows, reduced = static_windows(similar, max_window)
-    if budget > M - reduced:  # averaging over time alone would go below the budget: keep every frame apart
+    if allocation == "exact" and budget > M - reduced:  # time averaging alone goes below it: frames apart
         windows, reduced = [(t, t) for t in range(T)], 0
-    share = min(budget / (M - reduced), 1.0)
 
     static = []
     for first, last in windows:  # positions static across the whole window
@@ -123,8 +158,12 @@ def holitom(
     for w, (first, last) in enumerate(windows):
         buckets.append((w, None, int(static[w].sum())))
         buckets += [(w, t, n - int(static[w].sum())) for t in range(first, last + 1)]
-    caps = torch.tensor([size for _, _, size in buckets])
-    counts = largest_remainder(caps.double() * share, caps, budget).tolist()
+    if allocation == "official":  # lines 389-390: r' = min(r / ((M - saved) / M), 1)
+        share = min(typed_retention(budget, M) / ((M - reduced) / M), 1)
+        counts = official_counts([size for *_, size in buckets], [t is None for _, t, _ in buckets], share)
+    else:
+        caps = torch.tensor([size for _, _, size in buckets])
+        counts = largest_remainder(caps.double() * min(budget / (M - reduced), 1.0), caps, budget).tolist()
 
     source = torch.full((T, n), -1, dtype=torch.long, device=dev)
     reps, feats, made = [], [], 0
@@ -153,8 +192,11 @@ def holitom(
         source[first : last + 1, positions] = made + cluster
         reps.append(first * n + positions[centers])
         made += count
-    info = {"windows": windows, "static_saved": reduced}
-    return Tokens.at_representatives(x, torch.cat(feats), torch.cat(reps), source.reshape(-1), info)
+    rep = torch.cat(reps)
+    t, y, xx = rep // n, rep % n // W, rep % W
+    boxes = torch.stack([t, y, xx, y + 1, xx + 1], 1)
+    info = {"windows": windows, "static_saved": reduced, "allocation": allocation}
+    return Tokens.from_source(torch.cat(feats), boxes, source.reshape(-1), (T, H, W), info)
 
 
 @register(
