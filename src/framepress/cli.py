@@ -31,16 +31,19 @@ HUB_TIMEOUT_S = 3.0  # how long `ask` waits to learn whether the hub is reachabl
 
 
 class _Lazy:
-    """A module imported on first use, so that importing the command line does not import torch."""
+    """A module imported on first use (after ``first``), so that importing the command line does not import
+    torch."""
 
-    def __init__(self, name: str):
-        self._name = name
+    def __init__(self, name: str, first: str | None = None):
+        self._name, self._first = name, first
 
     def __getattr__(self, attr: str):
+        if self._first:
+            importlib.import_module(self._first, __package__)
         return getattr(importlib.import_module(self._name, __package__), attr)
 
 
-registry = _Lazy(".registry")
+registry = _Lazy(".registry", first=".methods")  # importing the methods registers them
 
 
 class UsageError(ValueError):
