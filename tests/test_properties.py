@@ -8,6 +8,7 @@ random) follow.
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -591,3 +592,109 @@ def test_large_finite_features_stay_finite(name, shape, params):
     x = torch.full(shape, 3e38, dtype=torch.float32)
     out = framepress.compress(x, name, **params)
     assert bool(torch.isfinite(out.features).all())
+
+
+#: Magnitudes near each dtype's limits: the fuzzed overflows (float16 sums near 40000, float32 squares from
+#: 1e19 and sums near 3e38, float64 squares from 1e154 and sums near 1.6e308) and tiny ones.
+EXTREMES = {
+    torch.float16: [4e4, 6e4, 1e-4],
+    torch.bfloat16: [1e19, 3e38, 1e-30],
+    torch.float32: [1e19, 1e30, 3e38, 1e-30],
+    torch.float64: [1e154, 1e300, 1.6e308, 1e-300],
+}
+
+
+@pytest.mark.parametrize("name", METHODS)
+@FEW
+@given(data=st.data(), x=videos(max_t=6, max_hw=9, max_c=6), retention=retentions, sign=st.booleans())
+def test_finite_input_gives_finite_output_at_extreme_magnitudes(name, data, x, retention, sign):
+    """Any finite input gives finite features and at least one token, whatever its magnitude: sign(x) * m
+    (every token at the same magnitude) or x / max|x| * m. A method whose output truly exceeds float64 (VisionZip's
+    contextual sums near its maximum) says so."""
+    m = data.draw(st.sampled_from(EXTREMES[x.dtype]), label="magnitude")
+    unit = x.double().sign() if sign else x.double() / x.double().abs().amax().clamp_min(1e-300)
+    x = (unit * m).to(x.dtype)
+    assume(bool(torch.isfinite(x).all()))
+    extra = _inputs_for(name, x)
+    try:
+        out = compress_or_budget_error(x, name, retention, **extra)
+    except ValueError as exc:
+        assert name == "visionzip" and "exceed the float64 range" in str(exc), exc
+        return
+    if out is None:
+        return
+    out.check()
+    assert len(out) >= 1
+    assert bool(torch.isfinite(out.features.double()).all())
+
+
+SCALE_INVARIANT = [n for n in METHODS if registry.get(n).scale_invariant]
+
+
+def _unit_peak(x: torch.Tensor) -> torch.Tensor:
+    """x times the power of two that puts its largest magnitude in [1, 2) (exact)."""
+    peak = float(x.abs().amax())
+    return x if peak == 0 else x * 2.0 ** -(math.frexp(peak)[1] - 1)
+
+
+@pytest.mark.parametrize("name", SCALE_INVARIANT)
+@FEW
+@given(x=videos(max_t=6, max_hw=9, max_c=6, dtypes=[torch.float32, torch.float64]), retention=retentions)
+def test_scale_invariant_methods_keep_their_tokens_under_powers_of_two(name, x, retention):
+    """Cosine-and-mean methods choose the same tokens for x * 2**-33 (~1e-10) and x * 2**66 (~7e19) as for x,
+    and their features scale exactly: the norms of tiny inputs never meet the 1e-8 clamp, huge ones never
+    overflow."""
+    x = _unit_peak(x)
+    extra = _inputs_for(name, x)
+    out = compress_or_budget_error(x, name, retention, **extra)
+    if out is None:
+        return
+    for k in (-33, 66):
+        scaled = compress_or_budget_error(x * 2.0**k, name, retention, **extra)
+        assert torch.equal(scaled.boxes, out.boxes) and torch.equal(scaled.sizes, out.sizes)
+        assert torch.equal(scaled.source, out.source) and scaled.info == out.info
+        assert torch.equal(scaled.features, out.features * 2.0**k)
+
+
+@pytest.mark.parametrize("name", SCALE_INVARIANT)
+@FEW
+@given(x=videos(max_t=6, max_hw=9, max_c=6, dtypes=[torch.float64]), retention=retentions)
+def test_scale_invariant_methods_keep_their_tokens_for_1e_minus10_and_1e20(name, x, retention):
+    """The same for the decimal factors of the issue (rounding differs, so features agree to rounding)."""
+    x = _unit_peak(x)
+    assume(torch.unique(x).numel() > 0.9 * x.numel())  # continuous values (no "levels"/"constant"): no exact ties
+    extra = _inputs_for(name, x)
+    out = compress_or_budget_error(x, name, retention, **extra)
+    if out is None:
+        return
+    for factor in (1e-10, 1e20):
+        scaled = compress_or_budget_error(x * factor, name, retention, **extra)
+        assert torch.equal(scaled.boxes, out.boxes) and torch.equal(scaled.sizes, out.sizes)
+        assert torch.equal(scaled.source, out.source)
+        torch.testing.assert_close(scaled.features / factor, out.features, rtol=1e-9, atol=1e-12)  # x peaks in [1, 2)
+
+
+def test_gridpool_high_norm_order_stays_finite():
+    """p=16 on randn * 100 (|t|^16 overflows float32) and |x| ~ 1e19 (squares overflow) used to give NaN."""
+    x = torch.randn(2, 8, 8, 64, generator=torch.Generator().manual_seed(0))
+    for scale, params in ((100.0, {"p": 16.0}), (1e19, {}), (1e-30, {"p": 16.0})):
+        out = framepress.compress(x * scale, "gridpool", **params)
+        out.check()
+        ref = framepress.compress(x.double() * scale, "gridpool", **params)
+        torch.testing.assert_close(out.features.double(), ref.features, rtol=1e-3, atol=0)
+
+
+def test_visionzip_sum_beyond_float16_comes_back_in_float32():
+    x = torch.full((1, 4, 4, 2), 40000.0, dtype=torch.float16)
+    x[..., 1] = 30000.0
+    out = framepress.compress(x, "visionzip", 0.5, scores=torch.rand(1, 4, 4, generator=torch.Generator().manual_seed(0)))
+    out.check()
+    assert out.features.dtype == torch.float32 and float(out.features.max()) == 80000.0
+
+
+def test_holitom_float64_stays_float64():
+    x = synthetic(4, 6, 6, 8, seed=3).double()
+    out = framepress.compress(x, "holitom", 0.3, scores="norm")
+    ref = framepress.compress(x.float(), "holitom", 0.3, scores="norm")
+    assert out.features.dtype == torch.float64
+    assert not torch.equal(out.features.float(), ref.features)  # float32 means were taken before
