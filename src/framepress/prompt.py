@@ -3,7 +3,7 @@
 In transformers 5.23 and 5.24 the video processors need torchvision. When the family's processor loads, it does
 all the work. When it cannot (no torchvision, or a checkpoint folder without processor files), the inputs are
 built here from the settings saved with the checkpoint, the way its video processor builds them, and a warning
-says so: LLaVA-OneVision's — resize every frame to the vision size (bicubic), rescale to [0, 1], normalize with the
+says so (an info line for a LLaVA checkpoint that saves no processor at all): LLaVA-OneVision's — resize every frame to the vision size (bicubic), rescale to [0, 1], normalize with the
 saved mean and std, one ``<video>`` placeholder expanded to F*side*side + 1 tokens — and Qwen2.5-VL's and
 Qwen3-VL's with :mod:`framepress.models.qwen_inputs` (equal to their processors' output, a test).
 
@@ -80,9 +80,13 @@ class Prompter:
         if self.processor is None:
             if self.adapter.rope == "mrope":
                 self.qwen = QwenVideoInputs(model, tokenizer, self.settings)
-            log.warning(
-                "framepress: %s's processor does not load here (%s); building its video inputs from the checkpoint's "
-                "processor settings (%s)", self.adapter.name, reason, settings_file or "none saved: the defaults",
+            # said as a warning, except for a LLaVA checkpoint that saves no processor (framepress's packaged
+            # model): there nothing else could build its inputs and nothing is guessed
+            level = logging.INFO if settings_file is None and self.qwen is None else logging.WARNING
+            log.log(
+                level, "framepress: %s's processor does not load here (%s); building its video inputs from the "
+                "checkpoint's processor settings (%s)", self.adapter.name, reason,
+                settings_file or "none saved: the processor's defaults",
             )
         self.chat_template = _saved_chat_template(source) or getattr(tokenizer, "chat_template", None)
 
