@@ -170,15 +170,26 @@ def _format_default(value: Any) -> str:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    """One block per method, at most 100 columns: name, stage, budget kind and query-awareness on one line,
+    then the paper and the parameters with their real defaults (the registry's ``defaults``), wrapped."""
+    import textwrap
+
     rows = []
     for name in registry.names():
         m = registry.get(name)
-        params = ", ".join(f"{k}={_format_default(v)}" for k, v in m.params.items()) or "-"
+        params = ", ".join(f"{k}={v}" for k, v in m.defaults.items()) or "-"
         rows.append([name, m.stage, "yes" if m.query_aware else "no", m.budget, params, m.paper])
     if args.json:
         print(json.dumps([dict(zip(["name", "stage", "query_aware", "budget", "params", "paper"], r)) for r in rows], indent=1))
-    else:
-        print(_table(rows, ["method", "stage", "query-aware", "budget", "parameters", "paper"]))
+        return 0
+    width = max(len(r[0]) for r in rows)
+    blocks = []
+    for name, stage, query, budget, params, paper in rows:
+        head = f"{name.ljust(width)}  {stage:<7}  budget: {budget:<6}  query-aware: {query}"
+        body = [*textwrap.wrap(paper, 100, initial_indent="    ", subsequent_indent="    ")]
+        body += textwrap.wrap(params, 100, initial_indent="    parameters: ", subsequent_indent=" " * 16, break_on_hyphens=False)
+        blocks.append("\n".join([head, *body]))
+    print("\n\n".join(blocks))
     return 0
 
 
