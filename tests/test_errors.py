@@ -525,3 +525,25 @@ def test_apply_checks_values_at_once(tiny, method, params, error, pattern):
     with pytest.raises(error, match=pattern):
         framepress.apply(tiny, method, retention=0.5, **params)
     assert "_framepress_patch" not in tiny.__dict__
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the table of methods (issue 12, item 5)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_methods_table_fits_a_terminal_and_shows_real_defaults(capsys):
+    assert cli.main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    for shown in ("tau_s=0.8", "tau_t=0.6", "root_level=1", "stride=2", "num_frames=T//2", "dominant_share=54/64"):
+        assert shown in out, shown
+    assert "=None (" not in out and "tau_s=None" not in out and "num_frames=None" not in out
+    for name in framepress.methods():
+        assert re.search(rf"^{name} +(pre|in)-llm +budget: ", out, re.M), name
+
+
+def test_sttm_info_says_when_a_threshold_switches_merging_off():
+    out = framepress.compress(video(), "sttm", tau_s=1.5, tau_t=1.2)
+    assert out.info["off"] == ["spatial (tau_s=1.5 > 1)", "temporal (tau_t=1.2 > 1)"]
+    assert "off" not in framepress.compress(video(), "sttm").info
