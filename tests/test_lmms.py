@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,19 +16,24 @@ import pytest
 pytest.importorskip("lmms_eval")
 pytest.importorskip("accelerate")
 
-from framepress.evaluation import report, sweep  # noqa: E402
+from framepress.evaluation import report, sweep, synth_task  # noqa: E402
 from framepress.evaluation.journal import JournalError  # noqa: E402
 from framepress.models.tiny import save_tiny_checkpoint  # noqa: E402
 
-TASK = Path(__file__).parent / "data" / "lmms_task"
-TASKS = "framepress_synth,framepress_synth_mc,framepress_synth_rounds"
+TASKS = ",".join(synth_task.TASKS)
+#: what a run that did not really run leaves in lmms-eval's output (it exits 0 after logging the failure)
+FAILED = ("Traceback (most recent call last)", *sweep.FAILURE_MARKS)
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
+    """The synthetic task written the way a user writes it (``framepress synth-task DIR``), and a tiny model; lmms-eval
+    runs from another working directory (``elsewhere``), finding the task through --include_path alone."""
     root = tmp_path_factory.mktemp("lmms")
-    shutil.copytree(TASK, root / "task")
-    return {"root": root, "task": root / "task", "model": save_tiny_checkpoint(root / "model")}
+    assert synth_task.command(root / "task", per_kind=2) == 0
+    (root / "elsewhere").mkdir()
+    return {"root": root, "task": root / "task", "model": save_tiny_checkpoint(root / "model"),
+            "docs": len((root / "task" / "docs.jsonl").read_text().splitlines())}
 
 
 def environment(root: Path, processes: int = 1) -> dict[str, str]:
@@ -41,9 +45,11 @@ def environment(root: Path, processes: int = 1) -> dict[str, str]:
 
 
 def lmms_eval(work, out: Path, model_args: str, tasks: str = TASKS, processes: int = 1, limit: int | None = None):
+    """One lmms-eval run, as it is; :func:`ran` checks that it really ran. Several processes: the documented CPU
+    form, ``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N -m lmms_eval ...``."""
     if processes > 1:
-        base = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        base = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes",
+                str(processes)]
     else:
         base = [sys.executable]
     cmd = [*base, "-m", "lmms_eval", "--model", "framepress", "--model_args", f"pretrained={work['model']},{model_args}",
@@ -51,9 +57,20 @@ def lmms_eval(work, out: Path, model_args: str, tasks: str = TASKS, processes: i
            "--batch_size", "1"]
     if limit:
         cmd += ["--limit", str(limit)]
-    done = subprocess.run(cmd, cwd=work["task"], env=environment(work["root"], processes), capture_output=True,
-                          text=True, timeout=900)
-    return done
+    return subprocess.run(cmd, cwd=work["root"] / "elsewhere", env=environment(work["root"], processes),
+                          capture_output=True, text=True, timeout=900)
+
+
+def ran(done: subprocess.CompletedProcess, out: Path) -> None:
+    """Fail loudly unless lmms-eval really ran: it exits 0 after logging a failed model set-up or an error inside its
+    evaluator (e.g. a filelock without ``filelock._api``), so the exit status alone proves nothing."""
+    output = done.stdout + done.stderr
+    problems = [f"exit status {done.returncode}"] if done.returncode != 0 else []
+    problems += [f"its output holds {mark!r}" for mark in FAILED if mark in output]
+    if not list(out.rglob("*_results.json")):
+        problems.append(f"no *_results.json under {out}")
+    assert not problems, (f"lmms-eval did not run: {'; '.join(problems)}\n--- stderr (tail) ---\n{done.stderr[-4000:]}"
+                          f"\n--- stdout (tail) ---\n{done.stdout[-1500:]}")
 
 
 def results_of(out: Path) -> tuple[dict, dict[str, list[dict]]]:
@@ -69,14 +86,30 @@ def results_of(out: Path) -> tuple[dict, dict[str, list[dict]]]:
 @pytest.fixture(scope="module")
 def single(work):
     out = work["root"] / "single"
-    done = lmms_eval(work, out, f"method=sttm,retention=0.3,frames=16,journal={work['root'] / 'journal1'}")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ran(lmms_eval(work, out, f"method=sttm,retention=0.3,frames=16,journal={work['root'] / 'journal1'}"), out)
     return results_of(out)
 
 
-def test_every_request_type_runs_and_logs_the_compression(single):
+def test_a_run_that_did_not_run_fails_loudly(tmp_path):
+    """What lmms-eval 0.7.3 printed with filelock 4.3.1 (exit status 0, no results)."""
+    done = subprocess.CompletedProcess([], 0, stdout="ERROR | lmms_eval.__main__:cli_evaluate:614 - Error during "
+                                       "evaluation: No module named 'filelock._api'.\n",
+                                       stderr="Traceback (most recent call last):\n  File \"evaluator.py\", line 134\n"
+                                       "ModuleNotFoundError: No module named 'filelock._api'\n")
+    with pytest.raises(AssertionError, match=r"(?s)did not run: its output holds 'Traceback.*'Error during evaluation'.*"
+                                             r"no \*_results.json.*stderr \(tail\).*filelock._api"):
+        ran(done, tmp_path)
+    assert sweep.failed(0, done.stdout + done.stderr, True).startswith("lmms-eval logged: ERROR | lmms_eval")
+    assert sweep.failed(0, "\x1b[31m\x1b[1mERROR \x1b[0m| Error during evaluation: x\n", True) == (
+        "lmms-eval logged: ERROR | Error during evaluation: x (and exited 0)")
+    assert sweep.failed(0, "", False) == "lmms-eval exited 0 without writing results"
+    assert sweep.failed(1, "", True) == "lmms-eval exited with status 1"
+    assert sweep.failed(0, "fine", True) is None
+
+
+def test_every_request_type_runs_and_logs_the_compression(work, single):
     results, samples = single
-    docs = len((TASK / "docs.jsonl").read_text().splitlines())
+    docs = work["docs"]
     assert set(results["results"]) >= set(TASKS.split(","))
     for task in TASKS.split(","):
         assert len(samples[task]) == docs
@@ -87,10 +120,11 @@ def test_every_request_type_runs_and_logs_the_compression(single):
         assert counts["stages"][0]["stage"] == "sttm@pre-LLM"
         assert counts["llm_prefill_flops"] > 0 and counts["prefill_s"] > 0 and counts["peak_memory_mb"] > 0
         assert counts["input_tokens"] > counts["visual_tokens_in"]
-    # multiple choice: one scored continuation per answer word, each with its log-likelihood
+    # multiple choice: one scored continuation per answer word, each with its log-likelihood, from one shared prefill
     for sample in samples["framepress_synth_mc"]:
         assert len(sample["token_counts"]) == 4
         assert all(c["logprob"] < 0 for c in sample["token_counts"])
+        assert [c["prefix_reused"] for c in sample["token_counts"]] == [False, True, True, True]
         assert sample["acc"] in (0.0, 1.0)
     # two rounds over one cached compressed prefix: the same question gets the same answer
     assert results["results"]["framepress_synth_rounds"]["agreement,none"] == 1.0
@@ -111,11 +145,10 @@ def test_scores_are_what_the_samples_say(single):
 def test_two_processes_split_the_samples_and_agree(work, single):
     out = work["root"] / "double"
     journal = work["root"] / "journal2"
-    done = lmms_eval(work, out, f"method=sttm,retention=0.3,frames=16,journal={journal}",
-                     tasks="framepress_synth,framepress_synth_mc", processes=2)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ran(lmms_eval(work, out, f"method=sttm,retention=0.3,frames=16,journal={journal}",
+                  tasks="framepress_synth,framepress_synth_mc", processes=2), out)
     lines = [len((journal / f"rank{r}.jsonl").read_text().splitlines()) for r in (0, 1)]
-    assert min(lines) > 0 and sum(lines) == 12 + 48  # 12 questions, 48 scored choices, split between the two
+    assert min(lines) > 0 and sum(lines) == 12 + 48  # 12 questions, 48 scored choices, split between two processes
     results, samples = results_of(out)
     _, alone = single
     assert [s["filtered_resps"] for s in samples["framepress_synth"]] == [
@@ -131,8 +164,7 @@ def test_an_interrupted_run_resumes_from_its_journal(work, single):
     lines = file.read_text().splitlines(keepends=True)
     file.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # a crash in the middle of a write
     out = work["root"] / "resumed"
-    done = lmms_eval(work, out, f"method=sttm,retention=0.3,frames=16,journal={journal}")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ran(lmms_eval(work, out, f"method=sttm,retention=0.3,frames=16,journal={journal}"), out)
     assert len(file.read_text().splitlines()) == len(lines)  # only the cut sample was computed again
     _, samples = results_of(out)
     _, first = single
@@ -143,7 +175,8 @@ def test_an_interrupted_run_resumes_from_its_journal(work, single):
     done = lmms_eval(work, work["root"] / "bad", f"method=sttm,retention=0.3,frames=16,journal={journal}")
     # lmms-eval logs a failed model set-up and exits 0; what counts is the message and that no results were written
     assert "rank0.jsonl line 4 is damaged" in done.stdout + done.stderr
-    assert not list((work["root"] / "bad").rglob("*_results.json"))
+    with pytest.raises(AssertionError, match="lmms-eval did not run"):
+        ran(done, work["root"] / "bad")
     file.write_text("".join(lines))
     done = lmms_eval(work, work["root"] / "other", f"method=sttm,retention=0.5,frames=16,journal={journal}")
     assert "holds answers of other settings (retention: 0.3 there, 0.5 now)" in done.stdout + done.stderr
@@ -199,19 +232,64 @@ def test_visuals_that_are_not_one_video_are_refused(work, tmp_path):
 def test_sweep_runs_each_cell_once_and_reports(work, monkeypatch):
     out = work["root"] / "sweep"
     grid = sweep.run(out, str(work["model"]), ["framepress_synth"], ["sttm", "pool"], ["0.5"],
-                     frames=16, cpu=True, limit=4, include_path=str(work["task"]), workdir=work["task"],
-                     progress=False)
+                     frames=16, cpu=True, limit=4, include_path=str(work["task"]), progress=False)
     assert [c.name for c in grid] == ["full", "sttm@0.5", "pool@0.5"]
     for cell in grid:
         marker = json.loads((cell.folder(out) / "cell.json").read_text())
         assert marker["samples"] == 4 and marker["method"] == cell.method
     monkeypatch.setattr(sweep.subprocess, "Popen", lambda *a, **k: pytest.fail("a finished cell ran again"))
     sweep.run(out, str(work["model"]), ["framepress_synth"], ["sttm", "pool"], ["0.5"], frames=16, cpu=True,
-              limit=4, include_path=str(work["task"]), workdir=work["task"], progress=False)
+              limit=4, include_path=str(work["task"]), progress=False)
     page = report.write_report([out], out / "report")
     text = (out / "report" / "report.md").read_text()
     assert "| full | 100% | — |" in text and "| sttm | 0.5 | 49.9% |" in text and "| pool | 0.5 |" in text
     assert page.read_text().count("data:image/png;base64,") == 2
+
+
+def test_the_choices_of_a_question_share_one_decoding_and_prefill(work, monkeypatch, tmp_path):
+    from lmms_eval.api.instance import Instance
+
+    from framepress.evaluation import plugin
+    from framepress.video import load_video as load
+
+    docs = [json.loads(line) for line in (work["task"] / "docs.jsonl").read_text().splitlines()][:3]
+    decoded = []
+
+    def counting(path, **options):
+        decoded.append(path)
+        return load(path, **options)
+
+    monkeypatch.setattr(plugin, "load_video", counting)
+    lmm = make(work, f"method=sttm,retention=0.3,frames=16,journal={tmp_path / 'j'}")
+    lmm.task_dict = {"mc": {"test": dict(enumerate(docs))}}
+    visual = lambda doc: [str(work["task"] / doc["video"])]  # noqa: E731
+    requests = [Instance("loglikelihood", (doc["question"], choice, visual, i, "mc", "test"), idx=c,
+                         metadata={"task": "mc", "doc_id": i, "repeats": 1})
+                for i, doc in enumerate(docs) for c, choice in enumerate(doc["choices"])]
+    prefills = len(lmm.pipeline.handle.stats)
+    losses = [r.text[0] for r in lmm.loglikelihood(requests)]
+    assert len(decoded) == 3 and len(lmm.pipeline.handle.stats) - prefills == 3  # 12 choices: 3 decodings, 3 prefills
+    alone = []
+    for doc in docs:
+        video = load(str(work["task"] / doc["video"]), num_frames=16)
+        for choice in doc["choices"]:
+            scored = lmm.pipeline.score(video, doc["question"], choice)
+            alone.append(-scored.stats["logprob"] / scored.stats["new_tokens"])
+    assert losses == pytest.approx(alone, abs=1e-5)
+    # a rerun answers every choice from the journal: no decoding, no prefill
+    decoded.clear()
+    prefills = len(lmm.pipeline.handle.stats)
+    assert [r.text[0] for r in lmm.loglikelihood(requests)] == losses
+    assert decoded == [] and len(lmm.pipeline.handle.stats) == prefills
+
+
+def test_a_sweep_cell_whose_run_did_not_run_fails(work):
+    out = work["root"] / "sweep-bad"
+    with pytest.raises(RuntimeError, match=r"(?s)sweep cell framepress_synth full failed: lmms-eval logged: .*"
+                                           r"Error during evaluation.*\(and exited 0\)"):
+        sweep.run(out, str(work["model"]), ["framepress_synth"], [], [], frames=16, cpu=True, limit=2,
+                  extra_args="tau_q=1", include_path=str(work["task"]), progress=False)
+    assert not (out / "framepress_synth" / "full" / "cell.json").exists()
 
 
 def test_the_plugin_is_found_through_the_entry_point():
@@ -230,12 +308,9 @@ def test_journal_refuses_a_damaged_config(tmp_path):
 
 
 def test_the_packaged_model_scores_well_above_chance_through_lmms_eval(work):
-    from framepress import packaged
-
     out = work["root"] / "packaged"
-    model = {**work, "model": packaged.path()}
-    done = lmms_eval(model, out, "method=sttm,retention=0.5,frames=16", tasks="framepress_synth")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ran(lmms_eval({**work, "model": "packaged"}, out, "method=sttm,retention=0.5,frames=16", tasks="framepress_synth"), out)
     results, samples = results_of(out)
+    assert "pretrained=packaged," in results["config"]["model_args"]
     # 12 questions, 2 per kind, chance 25%; the motion kind is not learned (docs/quality.md)
     assert results["results"]["framepress_synth"]["accuracy,none"] >= 0.6

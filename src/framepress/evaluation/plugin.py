@@ -4,7 +4,8 @@
 
 Model args (everything else is a parameter of the method, checked against its signature):
 
-- ``pretrained`` (required): the checkpoint, as for :func:`framepress.load`.
+- ``pretrained`` (required): the checkpoint, as for :func:`framepress.load`; ``packaged`` names framepress's
+  packaged synthetic-domain model (:mod:`framepress.packaged`; a folder of that name is ``./packaged``).
 - ``method`` (required): a registered method, or ``none`` for the full-token reference run.
 - ``retention``: the method's budget (``0.1``, ``10%``, ``"10%/5%"``); required unless ``method=none``.
 - ``frames`` (32) or ``fps``: how the video is sampled; ``device``, ``dtype``; ``layer``, ``inner_layer``,
@@ -18,8 +19,10 @@ Per sample, the logged results (``--log_samples``) carry under ``token_counts``:
 ``llm_prefill_flops``, ``prefill_s`` (time to the first token: decoding excluded, vision encoding, compression and
 prefill included), ``total_s`` and ``peak_memory_mb``.
 
-Data parallel: under ``accelerate launch --num_processes N -m lmms_eval ...`` each process loads its own model on
-its own device (``cuda:<local rank>``, or the CPU) and lmms-eval splits the samples between them.
+Data parallel: under ``accelerate launch --num_processes N -m lmms_eval ...`` on GPUs (on CPUs
+``ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...``: the plain form starts one process
+there) each process loads its own model on its own device (``cuda:<local rank>``, or the CPU) and lmms-eval splits
+the samples between them.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from .. import __version__, registry
+from .. import __version__, packaged, registry
 from ..pipeline import Pipeline, load
 from ..video import load_video
 from .journal import Journal
@@ -47,6 +50,8 @@ PLUGIN_ARGS = ("pretrained", "method", "retention", "frames", "fps", "device", "
                "positions", "max_new_tokens", "journal", "batch_size", "max_batch_size")
 #: generation settings of lmms-eval tasks that are passed to ``generate``
 GENERATE_KEYS = ("max_new_tokens", "temperature", "top_p", "num_beams", "do_sample")
+#: ``pretrained=packaged``: the synthetic-domain model inside the package
+PACKAGED = "packaged"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 #: what each statistic is called in the logged samples
 STAT_KEYS = ("visual_tokens_in", "visual_tokens_out", "retention", "stages", "llm_prefill_flops", "total_s",
@@ -109,6 +114,9 @@ class FramepressLMM(lmms):
                 "framepress model_args: method=<name> is required (method=none for the full-token run); methods: "
                 + ", ".join(registry.names())
             )
+        name = str(pretrained)
+        if name == PACKAGED:
+            pretrained = packaged.path()
         method = None if str(method).lower() in ("none", "full") else str(method)
         self._check_keys(method, params)
         if str(batch_size) not in ("1", "auto"):
@@ -138,7 +146,7 @@ class FramepressLMM(lmms):
         self.frames = int(frames)
         self.max_new_tokens = int(max_new_tokens)
         self.config = {
-            "pretrained": str(pretrained), "method": method, "retention": retention, "frames": self.frames,
+            "pretrained": name, "method": method, "retention": retention, "frames": self.frames,
             "fps": self.fps, "dtype": dtype, **apply_args, "params": params, "framepress": __version__,
         }
         self.journal = Journal(journal, self.config, self._rank) if journal else None
@@ -243,25 +251,39 @@ class FramepressLMM(lmms):
     def loglikelihood(self, requests) -> list[GenerationResult]:
         """(loss, is_greedy) per request, lmms-eval's convention: the loss is the mean negative log-likelihood of the
         continuation's tokens (lmms-eval's multiple-choice metric takes the argmin, like its built-in models'
-        losses); the summed log-likelihood is logged as ``logprob``."""
-        results = []
-        for request in self._bar(requests, "framepress loglikelihood"):
+        losses); the summed log-likelihood is logged as ``logprob``. The choices of one question share one video
+        decoding, compression and prefill (:meth:`Pipeline.score_choices`); each is journaled on its own."""
+        keys, questions = [], {}
+        for request in requests:
             context, target, doc_to_visual, doc_id, task, split = request.args
-            doc = self._doc(task, split, doc_id)
-            continuation = target(doc) if callable(target) else target
+            continuation = target(self._doc(task, split, doc_id)) if callable(target) else target
             if isinstance(continuation, list):
                 continuation = continuation[0]
-
-            def compute():
-                video = self._video(doc_to_visual(doc), task, doc_id)
-                scored = self.pipeline.score(video, context, str(continuation))
-                loss = -scored.stats["logprob"] / scored.stats["new_tokens"]
-                return {"loss": loss, "greedy": scored.stats["greedy"], "stats": _public_stats(scored.stats)}
-
-            record = self._run(self._key("loglikelihood", task, split, doc_id, context, continuation), compute)
-            # lmms-eval stringifies a bare tuple; inside a GenerationResult it reaches the metric as is
-            results.append(GenerationResult(text=(record["loss"], record["greedy"]), token_counts=_counts(record)))
-        return results
+            key = self._key("loglikelihood", task, split, doc_id, context, continuation)
+            keys.append(key)
+            question = questions.setdefault((task, split, doc_id, context),
+                                            {"visual": doc_to_visual, "choices": {}, "requests": 0})
+            question["choices"][key] = str(continuation)
+            question["requests"] += 1
+        records: dict[str, dict[str, Any]] = {}
+        with tqdm(total=len(requests), disable=self.rank != 0, desc="framepress loglikelihood", unit="sample") as bar:
+            for (task, split, doc_id, context), question in questions.items():
+                choices = question["choices"]
+                if self.journal is not None:
+                    records.update({k: r for k in choices if (r := self.journal.get(k)) is not None})
+                todo = [k for k in choices if k not in records]
+                if todo:
+                    video = self._video(question["visual"](self._doc(task, split, doc_id)), task, doc_id)
+                    for key, scored in zip(todo, self.pipeline.score_choices(video, context, [choices[k] for k in todo])):
+                        loss = -scored.stats["logprob"] / scored.stats["new_tokens"]
+                        records[key] = {"loss": loss, "greedy": scored.stats["greedy"],
+                                        "stats": _public_stats(scored.stats)}
+                        if self.journal is not None:
+                            self.journal.put(key, records[key])
+                bar.update(question["requests"])
+        # lmms-eval stringifies a bare tuple; inside a GenerationResult it reaches the metric as is
+        return [GenerationResult(text=(records[k]["loss"], records[k]["greedy"]), token_counts=_counts(records[k]))
+                for k in keys]
 
     def generate_until_multi_round(self, requests) -> list[GenerationResult]:
         """Rounds of one video: the task's ``doc_to_text`` gives each round's visuals and context; a method that

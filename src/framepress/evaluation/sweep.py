@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -83,6 +84,24 @@ def command(cell: Cell, out: Path, model: str, frames: int, processes: int, cpu:
     return cmd, env
 
 
+#: what lmms-eval 0.7.3 logs when a run failed (it still exits with status 0)
+FAILURE_MARKS = ("Error during evaluation",)
+
+
+def failed(returncode: int, log: str, results: bool) -> str | None:
+    """Why an lmms-eval run did not really run (None when it did): a non-zero exit, a failure it logged and exited
+    0 after (a model that did not set up, an import error inside its evaluator), or no results written."""
+    if returncode != 0:
+        return f"lmms-eval exited with status {returncode}"
+    mark = next((m for m in FAILURE_MARKS if m in log), None)
+    if mark is not None:
+        line = re.sub(r"\x1b\[[0-9;]*m", "", next(line for line in log.splitlines() if mark in line))  # no colours
+        return f"lmms-eval logged: {line.strip()[-300:]} (and exited 0)"
+    if not results:
+        return "lmms-eval exited 0 without writing results"
+    return None
+
+
 def _journal_count(folder: Path) -> int:
     total = 0
     for file in (folder / "journal").glob("rank*.jsonl"):
@@ -116,7 +135,9 @@ def run(out: str | Path, model: str, tasks: list[str], methods: list[str], reten
             bar.set_postfix_str(f"{cell.task} {cell.name}")
             base = bar.n
             start = time.time()
+            before = set((folder / "results").rglob("*_results.json"))
             with open(folder / "lmms_eval.log", "ab") as log:
+                offset = log.tell()
                 log.write(("\n$ " + " ".join(cmd) + "\n").encode())
                 log.flush()
                 process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -127,14 +148,14 @@ def run(out: str | Path, model: str, tasks: list[str], methods: list[str], reten
                     if expected:
                         bar.n = base + min(0.99, _journal_count(folder) / expected)
                         bar.refresh()
-            if process.returncode != 0:
-                tail = (folder / "lmms_eval.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"sweep cell {cell.task} {cell.name} failed (exit {process.returncode}); "
-                                   f"log: {folder / 'lmms_eval.log'}\n{tail}")
-            results = sorted((folder / "results").rglob("*_results.json"))
-            if not results:
-                raise RuntimeError(f"sweep cell {cell.task} {cell.name}: lmms-eval exited without results; log: "
-                                   f"{folder / 'lmms_eval.log'}")
+            results = sorted(set((folder / "results").rglob("*_results.json")) - before)  # this run's, not an earlier one's
+            with open(folder / "lmms_eval.log", "rb") as log:
+                log.seek(offset)
+                text = log.read().decode(errors="replace")
+            failure = failed(process.returncode, text, bool(results))
+            if failure:
+                raise RuntimeError(f"sweep cell {cell.task} {cell.name} failed: {failure}; log: "
+                                   f"{folder / 'lmms_eval.log'}\n{text[-3000:]}")
             samples = _journal_count(folder)
             samples_per_task.setdefault(cell.task, samples)
             write_text(folder / "cell.json", json.dumps({

@@ -8,8 +8,9 @@ scoring functions (``utils.py``) and three task YAMLs that exercise what video b
 - ``framepress_synth_rounds``: two rounds of the same question about one clip (``generate_until_multi_round``),
   scored by accuracy and by whether the rounds agree.
 
-Run lmms-eval with ``--include_path <folder>`` from inside the folder (the YAMLs name ``docs.jsonl`` relatively,
-as lmms-eval resolves data files against the working directory).
+``framepress synth-task DIR`` writes it (:func:`command`); then ``python -m lmms_eval ... --include_path DIR`` from
+any working directory finds the three tasks (the YAMLs name ``docs.jsonl`` by its absolute path, as lmms-eval
+resolves a relative data file against the working directory, and ``utils.py`` finds the clips next to itself).
 """
 
 from __future__ import annotations
@@ -68,35 +69,31 @@ def process_rounds(doc, results):
     return {"accuracy": float(words[-1] == doc["answer"]), "agreement": float(len(set(words)) == 1)}
 '''
 
-COMMON = """dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: docs.jsonl
-test_split: test
-doc_to_visual: !function utils.doc_to_visual
-"""
+TASKS = ("framepress_synth", "framepress_synth_mc", "framepress_synth_rounds")
 
 
-def _yaml(kinds: list[str]) -> dict[str, str]:
+def _yaml(kinds: list[str], docs: Path) -> dict[str, str]:
+    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {json.dumps(str(docs))}\n"
+              "test_split: test\ndoc_to_visual: !function utils.doc_to_visual\n")
     per_kind = "".join(
         f"  - metric: accuracy_{k}\n    aggregation: mean\n    higher_is_better: true\n" for k in kinds
     )
     return {
         "framepress_synth.yaml": (
-            "task: framepress_synth\n" + COMMON
+            "task: framepress_synth\n" + common
             + "output_type: generate_until\ndoc_to_text: !function utils.doc_to_text\ndoc_to_target: answer\n"
             "generation_kwargs:\n  max_new_tokens: 4\n  until: [\"<|im_end|>\"]\n"
             "process_results: !function utils.process_results\nmetric_list:\n"
             "  - metric: accuracy\n    aggregation: mean\n    higher_is_better: true\n" + per_kind
         ),
         "framepress_synth_mc.yaml": (
-            "task: framepress_synth_mc\n" + COMMON
+            "task: framepress_synth_mc\n" + common
             + "output_type: multiple_choice\ndoc_to_text: !function utils.doc_to_text\n"
             "doc_to_choice: !function utils.doc_to_choice\ndoc_to_target: !function utils.doc_to_target_index\n"
             "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
         ),
         "framepress_synth_rounds.yaml": (
-            "task: framepress_synth_rounds\n" + COMMON
+            "task: framepress_synth_rounds\n" + common
             + "output_type: generate_until_multi_round\ndoc_to_text: !function utils.rounds_text\n"
             "doc_to_target: answer\ngeneration_kwargs:\n  max_new_tokens: 4\n"
             "process_results: !function utils.process_rounds\nmetric_list:\n"
@@ -107,11 +104,19 @@ def _yaml(kinds: list[str]) -> dict[str, str]:
 
 
 def write_task(folder, per_kind: int = 2, kinds=tuple(synth.KINDS), frames: int = 16, size: int = 96, fps: float = 8.0) -> Path:
-    """Write the task folder (clips, docs, utils.py, YAMLs) for the first ``per_kind`` held-out items of each kind."""
+    """Write the task folder (clips, docs, utils.py, YAMLs) for the first ``per_kind`` held-out items of each kind;
+    returns its absolute path."""
+    from .. import checks
     from ..demo import write_video
 
-    folder = Path(folder)
+    per_kind = checks.integer("per_kind", per_kind, 1)
+    folder = Path(folder).resolve()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"task folder {folder} is a file")
     kinds = list(kinds)
+    unknown = [k for k in kinds if k not in synth.KINDS]
+    if unknown:
+        raise ValueError(f"kinds: unknown kind(s) {', '.join(unknown)}; kinds: {', '.join(synth.KINDS)}")
     docs = []
     for kind in kinds:
         for item_index, item in enumerate(synth.test_set(kind, per_kind, frames=frames, size=size)):
@@ -121,6 +126,15 @@ def write_task(folder, per_kind: int = 2, kinds=tuple(synth.KINDS), frames: int 
                          "choices": list(item.choices), "kind": kind})
     write_text(folder / "docs.jsonl", "".join(json.dumps(d) + "\n" for d in docs))
     write_text(folder / "utils.py", UTILS)
-    for name, text in _yaml(kinds).items():
+    for name, text in _yaml(kinds, folder / "docs.jsonl").items():
         write_text(folder / name, text)
     return folder
+
+
+def command(folder, per_kind: int = 2) -> int:
+    """``framepress synth-task DIR``: write the task folder and print how to run lmms-eval on it."""
+    folder = write_task(folder, per_kind)
+    print(f"wrote {per_kind * len(synth.KINDS)} questions ({', '.join(TASKS)}) to {folder}; run:\n"
+          f"python -m lmms_eval --model framepress --model_args pretrained=packaged,method=sttm,retention=0.5,frames=16 "
+          f"--tasks {','.join(TASKS)} --include_path {folder} --batch_size 1 --log_samples --output_path OUT")
+    return 0
