@@ -8,8 +8,6 @@ recomputed from layer K-1's own q/k (:mod:`framepress.signals`), so the model ke
 
 from __future__ import annotations
 
-import math
-
 from .. import ops
 from ..layer import LayerInputs
 from ..registry import register
@@ -27,11 +25,14 @@ from ..tokens import Tokens
 def fastv(inputs: LayerInputs, budget: int | None) -> Tokens:
     """Keep the visual tokens the last prompt token attends to most at layer K-1 (mean over heads).
 
-    Without a retention it keeps half of them (the paper's R = 50%). Kept tokens stay in sequence order and
-    keep their original positions (FastV's "inplace" variant).
+    Equals the official selection (pkunlp-icler/FastV, modeling_llama.py:737-750; golden/fastv/README.md): the
+    top ``budget`` (the official ATTENTION_RANK, so exactly the budget) by the last row's attention, ties as
+    torch.topk picks them. Without a retention it keeps int(N * 0.5) (R = 50%, the rule of the official KV-cache
+    variant, fastv_kvcache.py:125), at least one (the official keeps none of a single visual token). Kept tokens
+    stay in sequence order and keep their original positions (FastV's "inplace" variant).
     """
     n, c = inputs.visual.shape
-    keep = math.ceil(n / 2) if budget is None else budget
+    keep = max(1, int(n * 0.5)) if budget is None else budget
     scores = inputs.last_attention()
     index = ops.top_indices(scores.float(), keep)
     return Tokens.select(inputs.visual.reshape(1, 1, n, c), index, {"layer": inputs.layer})
