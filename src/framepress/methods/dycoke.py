@@ -1,9 +1,33 @@
-"""DyCoke stage 1, token temporal merging (Tao et al., CVPR 2025; specs/baselines.md §5), as the official code
-runs it: in windows of 4 frames f0..f3, f0 is kept whole; f1 and f2 keep their tokens least similar to f0 at
-the same position, f3 those least similar to f2 (f2's full tokens). Despite the name it drops, not averages.
+"""DyCoke (Tao et al., CVPR 2025; specs/baselines.md §5): stage 1, token temporal merging, as the official code
+(KD-TAO/DyCoke ``dycole_ttm``) runs it, and stage 2, decode-time pruning of the visual KV cache
+(:func:`decode_prune`, for a model's decode steps).
 
-Stage 2 of the paper (decode-time pruning of the visual KV cache) saves time only while decoding and changes no
-prefill; it is not part of this pre-LLM method.
+Stage 1, frame by frame (n = H*W tokens a frame):
+
+- pairs (i, i+1), i even: frame i whole; frame i+1 keeps the int((1 - K) * n) tokens least cosine-similar to
+  the same position of frame i;
+- windows of four starting at i in ``range(0, T - 4, 4)``: frame i+2 is cut the same way against frame i. The
+  range stops one window early, so when T is a multiple of 4 (or T - 1, T - 2, T - 3 is) the third frame of the
+  last window stays whole (T = 32: frame 30 keeps all 196);
+- odd T: the pair loop never reaches the last frame, which is dropped (T = 7: frame 6 keeps nothing).
+
+Despite the name it drops, never averages. The official code crashes for T < 5 (an empty window loop, then
+``torch.stack([])``) and for T = 1; here the same rules simply run without the missing windows (T = 1: the frame
+is kept whole). A pruned frame's tokens come out in (t, y, x) order, not the official ``topk`` order (least
+similar first): framepress places each token at its own position in the sequence, so its RoPE position keeps
+the grid order; the official order carries no position information of its own (the same tokens, permuted
+inside their frame's span).
+
+Budgets. With a retention r, ``allocation="official"`` (default) runs the official rule at the K the paper's
+ratio (1 + 3 (1 - K)) / 4 = r gives: each pruned frame keeps floor((4B - N) n / 3N) (integers, B the budget, N =
+T*H*W); r < 25% is an error. The count then misses the budget: 32x14x14 at 25% gives 1764 for 1568 (+12.5%,
+frame 30 whole), at 10% it is an error (below the 25% floor); K = 0.7 (47.5%) gives 3098 for 2979 (+4.0%).
+``allocation="exact"`` returns exactly B: the frames the official code keeps whole stay whole and the rest of
+the budget is split evenly over the pruned frames (earlier frames first for the remainder). When B is below the
+whole frames, the last window's third frame (whole only because the official loop stops early) is cut too,
+against its window's first frame as the paper describes; when B exceeds what the official code can keep (odd T),
+the dropped last frame takes the rest, cut against frame T-2. Below every fourth frame (25% when T % 4 = 0) no
+exact budget exists: an error.
 """
 
 from __future__ import annotations
@@ -13,58 +37,109 @@ import torch
 from .. import checks, ops
 from ..registry import register
 from ..tokens import Tokens
-from .holitom import largest_remainder
+
+ALLOCATIONS = ("official", "exact")
+
+# frame roles of the official loops
+WHOLE, PAIR, WINDOW, LATE, DROPPED = range(5)
 
 
-def references(frames: int, window: int = 4) -> torch.Tensor:
-    """[T]: the frame each frame is compared with (-1 for each window's first frame): f1, f2 -> f0; f3 -> f2."""
+def roles(frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T] role of each frame (WHOLE, PAIR: cut against t-1, WINDOW: cut against t-2, LATE: the third frame of a
+    window the official loop skipped, kept whole, DROPPED: the odd last frame) and [T] the frame it is compared
+    with (-1 for whole frames; LATE: its window's first frame; DROPPED: frame T-2)."""
     t = torch.arange(frames)
-    pos = t % window
-    ref = torch.where(pos == 3, t - 1, t - pos)
-    return torch.where(pos == 0, -1, ref)
+    role = torch.full((frames,), WHOLE)
+    role[t % 2 == 1] = PAIR
+    role[(t % 4 == 2) & (t < frames - 2)] = WINDOW
+    role[(t % 4 == 2) & (t >= frames - 2)] = LATE
+    if frames % 2 == 1 and frames > 1:
+        role[-1] = DROPPED
+    ref = torch.where((role == PAIR) | (role == DROPPED), t - 1, torch.where(role == WHOLE, -1, t - 2))
+    return role, ref
+
+
+def even_split(total: int, parts: int, cap: int) -> torch.Tensor:
+    """[parts] counts summing to ``total`` (<= parts * cap), as even as integers allow, the earlier parts larger."""
+    base, extra = divmod(total, max(parts, 1))
+    return (base + (torch.arange(parts) < extra).long()).clamp_(max=cap)
+
+
+def frame_counts(role: torch.Tensor, n: int, budget: int | None, prune: float, allocation: str) -> torch.Tensor:
+    """[T] tokens kept per frame (see the module notes)."""
+    T = role.numel()
+    N = T * n
+    counts = torch.zeros(T, dtype=torch.long)
+    counts[(role == WHOLE) | (role == LATE)] = n
+    cut = (role == PAIR) | (role == WINDOW)
+    if budget is None:
+        counts[cut] = int((1 - prune) * n)  # the official int(), not round
+        return counts
+    if allocation == "official":
+        if 4 * budget < N:
+            raise ValueError(
+                f"retention asks for {budget} of {N} tokens, below DyCoke's 25% floor (K = 1: every fourth frame)"
+            )
+        counts[cut] = min(n, (4 * budget - N) * n // (3 * N))
+        return counts
+    rest = budget - int(counts.sum())
+    if rest < 0:  # the skipped windows' third frames are cut too
+        counts[role == LATE] = 0
+        cut = cut | (role == LATE)
+        rest = budget - int(counts.sum())
+        if rest < 0:
+            raise ValueError(
+                f"retention asks for {budget} tokens, but dycoke keeps the first frame of every 4-frame window "
+                f"({int(counts.sum())} tokens)"
+            )
+    counts[cut] = even_split(rest, int(cut.sum()), n)
+    counts[role == DROPPED] = rest - int(counts[cut].sum())
+    return counts
+
+
+def check(p: dict) -> dict:
+    """DyCoke's parameter values (run at apply and at every call)."""
+    p["prune"] = checks.number("prune", p["prune"], 0.0, 1.0)
+    p["allocation"] = checks.choice("allocation", p["allocation"], ALLOCATIONS)
+    return p
 
 
 @register(
     "dycoke",
     paper="Tao et al., DyCoke: Dynamic Compression of Tokens for Fast Video LLMs, CVPR 2025",
     budget="exact",
-    check=lambda p: {"prune": checks.number("prune", p["prune"], 0.0, 1.0)},
+    check=check,
     scale_invariant=True,
 )
-def dycoke(x: torch.Tensor, budget: int | None, *, prune: float = 0.7) -> Tokens:
-    """Keep each 4-frame window's first frame; from the others, their tokens least similar to their reference
-    frame at the same position.
+def dycoke(x: torch.Tensor, budget: int | None, *, prune: float = 0.7, allocation: str = "official") -> Tokens:
+    """Keep each pair's first frame; from the second (and each 4-frame window's third frame) the tokens least
+    similar to their reference frame at the same position (the official stage 1, quirks included).
 
     Args:
-        prune: the share K of each non-first frame dropped when no retention is given (0.7: a (1 + 3*0.3)/4 =
-            47.5% pre-LLM ratio).
-
-    With a retention the first frames stay whole and the rest of the budget is spread over the other frames by
-    largest remainder (exact); a budget below the first frames' tokens (about 25%) is a clear error.
+        prune: the share K of each cut frame dropped when no retention is given (0.7: int(0.3 * 196) = 58 kept).
+        allocation: with a retention, "official" (the official rule at the K the retention implies, a count near
+            it) or "exact" (exactly the budget; module notes). Without a retention it needs none.
     """
+    if allocation == "exact" and budget is None:
+        raise ValueError('allocation="exact" needs a retention (without one, prune sets the official counts)')
     T, H, W, C = x.shape
     n = H * W
-    ref = references(T).to(x.device)
-    first = ref < 0
-    others = int((~first).sum())
-    if budget is None:
-        keep = torch.full((others,), round((1 - prune) * n), dtype=torch.long)
-    else:
-        floor = int(first.sum()) * n
-        if budget < floor:
-            raise ValueError(
-                f"retention asks for {budget} tokens, but dycoke keeps the first frame of every 4-frame window "
-                f"({floor} tokens)"
-            )
-        rest = budget - floor
-        keep = largest_remainder(torch.full((others,), rest / max(others, 1), dtype=torch.float64), torch.full((others,), n), rest)
+    role, ref = roles(T)
+    counts = frame_counts(role, n, budget, prune, allocation).to(x.device)
+    role, ref = role.to(x.device), ref.to(x.device)
     grid = x.reshape(T, n, C)
-    unit = ops.normalize(grid)
-    similarity = (unit[~first] * unit[ref[~first]]).sum(-1)  # [others, n] same-position cosine
-    rank = torch.empty_like(similarity, dtype=torch.long)
+    cut = torch.nonzero(ref >= 0).squeeze(1)
+    cd = ops.compute_dtype(x.dtype)
+    a, b = grid[cut].to(cd), grid[ref[cut]].to(cd)
+    cos = torch.nn.functional.cosine_similarity
+    pair = ((role[cut] == PAIR) | (role[cut] == DROPPED))[:, None]
+    # the official pair loop normalizes before its cosine, the window loop does not: the same up to rounding,
+    # which decides among near-identical tokens, so each loop's arithmetic is kept
+    unit = torch.nn.functional.normalize
+    similarity = torch.where(pair, cos(unit(a, dim=-1), unit(b, dim=-1), dim=-1), cos(a, b, dim=-1))
     order = torch.sort(similarity, dim=1, stable=True).indices  # least similar first
-    rank.scatter_(1, order, torch.arange(n, device=x.device).expand(others, n))
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=x.device).expand(cut.numel(), n))
     kept = torch.ones(T, n, dtype=torch.bool, device=x.device)
-    kept[~first] = rank < keep.to(x.device)[:, None]
+    kept[cut] = rank < counts[cut][:, None]
     index = torch.nonzero(kept.reshape(-1)).squeeze(1)
     return Tokens.select(x, index, {"kept_per_frame": kept.sum(1).tolist()})
