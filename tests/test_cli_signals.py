@@ -88,8 +88,6 @@ def test_a_fifo_as_the_video_is_refused_not_waited_on(tmp_path):
     assert proc.returncode == 2 and "clip.mp4 is a FIFO (named pipe), not a video, image or folder" in err
 
 
-@pytest.mark.xfail(strict=True, reason="`import framepress` (src/framepress/__init__.py) imports torch before "
-                   "framepress.cli can set its handler; needs a lazy package __init__ (issue 12 report)")
 def test_ctrl_c_while_importing_is_an_interrupt():
     proc, _ = start("compress", "--synthetic", "2x6x6x4", "-m", "pool")
     time.sleep(0.3)  # still importing torch

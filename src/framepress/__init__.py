@@ -1,13 +1,34 @@
-"""framepress: training-free visual-token compression for video large language models."""
+"""framepress: training-free visual-token compression for video large language models.
 
-from . import methods as _methods  # noqa: F401  (registers the built-in methods)
-from .api import compress, methods
-from .layer import LayerInputs
-from .patch import Handle, apply
-from .pipeline import load
-from .registry import register
-from .session import Session
-from .tokens import Tokens
+The names below load on first use, so ``import framepress`` (and the command line, which sets its signal
+handlers first) does not wait for torch and transformers.
+"""
 
-__all__ = ["Handle", "LayerInputs", "Session", "Tokens", "apply", "compress", "load", "methods", "register"]
+import importlib
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Handle": "patch",
+    "LayerInputs": "layer",
+    "Session": "session",
+    "Tokens": "tokens",
+    "apply": "patch",
+    "compress": "api",
+    "load": "pipeline",
+    "methods": "api",
+    "register": "registry",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'framepress' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

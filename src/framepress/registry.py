@@ -15,6 +15,9 @@ larger than the frame, more frames than the clip) stay in the method.
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import functools
 import inspect
 from collections.abc import Callable, Mapping
@@ -141,6 +144,7 @@ def get(name: str) -> Method:
     """The method registered as ``name``; an unknown name raises listing the known ones."""
     if not isinstance(name, str):
         raise TypeError(f"method must be a method name (str), got {type(name).__name__}")
+    _builtins()
     try:
         return _METHODS[name]
     except KeyError:
@@ -148,4 +152,14 @@ def get(name: str) -> Method:
 
 
 def names(stage: str | None = None) -> list[str]:
+    _builtins()
     return sorted(n for n, m in _METHODS.items() if stage is None or m.stage == stage)
+
+
+def _builtins() -> None:
+    """Register the built-in methods on first use (``import framepress`` itself stays light)."""
+    if f"{__package__}.methods" in sys.modules:
+        return
+    importlib.import_module(f"{__package__}.methods")
+    # importing the subpackage bound framepress.methods to it; the public name is the function framepress.methods()
+    vars(sys.modules[__package__]).pop("methods", None)
