@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import framepress
 from framepress.features import synthetic
 from framepress.layer import LayerInputs
-from framepress.methods.prunevid import prunevid_prune, refine_clusters, runs, shares
+from framepress.methods.prunevid import blocks, official_blocks, prunevid_prune, refine_clusters, runs, shares
+
+DATA = Path(__file__).parent / "data"
+
+
+def cases(method):
+    return [(c["name"], c) for c in json.loads((DATA / method / "manifest.json").read_text())["cases"]]
+
+
+def threads(n, fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -292,3 +313,136 @@ def test_prunevid_in_a_model_reads_a_percent_b_percent(family):
     with pytest.raises(ValueError, match="inner_layer"):
         framepress.apply(model, "prunevid", retention=0.5)  # layer 11 of a 4-layer model
     assert "_framepress_patch" not in model.__dict__
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the official outputs (tests/data/prunevid, tests/data/prunevid_prune)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,case", cases("prunevid"), ids=[n for n, _ in cases("prunevid")])
+def test_prunevid_matches_official_golden(name, case):
+    data = np.load(DATA / "prunevid" / case["file"])
+    x = torch.from_numpy(data["x"])
+    T, H, W, C = x.shape
+    out = framepress.compress(x, "prunevid", **case["params"])
+    out.check()
+    if case["official_status"] != "ok":  # the official crash (T < k = 7): valid tokens by the same rules
+        assert out.info["segments"] == [T] and len(out) >= 1
+        return
+    assert out.info["segments"] == case["official_window_sizes"]
+    counts = set_counts(out, H * W)
+    static, dynamic, i = [], [], 0
+    for w in out.info["segments"]:
+        static.append(counts[i])
+        dynamic.append(sum(counts[i + 1 : i + 1 + w]))
+        i += 1 + w
+    assert static == case["official_static_sizes"] and dynamic == case["official_dynamic_sizes"]
+    assert len(out) == case["official_tokens"]
+    # the static positions of each segment
+    masks = torch.zeros(len(out.info["segments"]), H * W, dtype=torch.bool)
+    label = blocks(out)
+    starts = np.cumsum([0] + [1 + w for w in out.info["segments"]])[:-1]
+    for s, b in enumerate(starts):
+        members = torch.nonzero(torch.isin(out.source, torch.nonzero(label == int(b)).squeeze(1))).squeeze(1)
+        masks[s, members % (H * W)] = True
+    np.testing.assert_array_equal(masks.numpy(), data["official_static_masks"])
+    # the features as a set: rows paired by nearest feature, one to one up to exact duplicates
+    mine = out.features.double()
+    seeds = [k for k in data.files if k.startswith("official_features")]
+    best = min(float(torch.cdist(torch.from_numpy(data[k]).double(), mine).min(1).values.max()) for k in seeds)
+    assert best < 1e-4
+
+
+@pytest.mark.parametrize("name,case", cases("prunevid_prune"), ids=[n for n, _ in cases("prunevid_prune")])
+def test_prunevid_prune_matches_official_golden(name, case):
+    data = np.load(DATA / "prunevid_prune" / case["file"])
+    hidden, q, k = (torch.from_numpy(data[key]) for key in ("hidden", "q", "k"))
+    start, end = int(data["visual_start"]), int(data["visual_end"])
+    L = hidden.shape[0]
+    rows = torch.arange(end, L)
+    scores = (q[:, rows] @ k.transpose(1, 2)) / q.shape[-1] ** 0.5
+    causal = torch.arange(L)[None, :] <= rows[:, None]
+    probs = scores.masked_fill(~causal[None], torch.finfo(scores.dtype).min).softmax(-1)[:, :, start:end]
+    assert torch.equal(probs.amax(0).amax(0), torch.from_numpy(data["official_scores"]))
+
+    def attention(which, heads):
+        assert which == "text"
+        return probs.amax(0) if heads == "max" else probs.mean(0)
+
+    inputs = LayerInputs(hidden[start:end], hidden[end:], None, 11, 32, _attention=attention)
+    labels = official_blocks(data["static_sizes"], data["dynamic_sizes"], data["window_sizes"])
+    fn = framepress.registry.get("prunevid_prune").fn
+    out = fn(inputs, None, alpha=case["alpha"], blocks=labels)
+    out.check()
+    np.testing.assert_array_equal(out.boxes[:, 2].numpy() + start, data["official_keep"])
+    np.testing.assert_allclose(out.features.numpy(), data["hidden"][data["official_keep"]], atol=1e-4)
+    exact = fn(inputs, None, alpha=case["alpha"], blocks=labels, allocation="exact")
+    assert len(exact) == int(case["alpha"] * case["N_visual"])  # 241 for q3, where the official keeps 235
+
+
+def test_blocks_of_a_prunevid_output_are_the_official_blocks():
+    data = np.load(DATA / "prunevid" / "p1_T16_2cuts_static.npz")
+    out = framepress.compress(torch.from_numpy(data["x"]), "prunevid")
+    sizes = official_blocks(data["official_static_sizes"], data["official_dynamic_sizes"], data["official_window_sizes"])
+    assert torch.bincount(blocks(out), minlength=int(sizes.max()) + 1).tolist() == torch.bincount(sizes).tolist()
+    with pytest.raises(ValueError, match="dynamic_sizes"):
+        official_blocks([0], [5], [2])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(0, 30), min_size=1, max_size=8).filter(lambda v: sum(v) > 0),
+    share=st.floats(0.0, 1.0, exclude_min=True), alpha=st.floats(0.01, 1.0), seed=st.integers(0, 10_000),
+    with_budget=st.booleans(), levels=st.booleans(),
+)
+def test_prunevid_prune_exact_allocation(sizes, share, alpha, seed, with_budget, levels):
+    g = torch.Generator().manual_seed(seed)
+    n = sum(sizes)
+    labels = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    labels = labels[torch.randperm(n, generator=g)]  # blocks need not be contiguous
+    attention = torch.randint(0, 3, (3, n), generator=g).float() if levels else torch.rand(3, n, generator=g)
+    inputs = LayerInputs(torch.randn(n, 4, generator=g), torch.randn(3, 4), None, 11, _attention=lambda w, h: attention)
+    budget = max(1, round(share * n)) if with_budget else None
+    out = prunevid_prune(inputs, budget, alpha=alpha, blocks=labels, allocation="exact")
+    out.check()
+    target = budget if with_budget else max(1, int(alpha * n))
+    assert len(out) == target
+    kept = torch.zeros(n, dtype=torch.bool)
+    kept[out.boxes[:, 2]] = True
+    assert torch.bincount(labels[kept], minlength=len(sizes)).tolist() == shares(sizes, target)
+    score = attention.amax(0)
+    for b in range(len(sizes)):  # inside each block, the top scores (ties: the earlier token)
+        inside, outside = score[kept & (labels == b)], score[~kept & (labels == b)]
+        if inside.numel() and outside.numel():
+            assert float(inside.min()) >= float(outside.max())
+    official = prunevid_prune(inputs, budget, alpha=alpha, blocks=labels)
+    floors = [m * budget // n if with_budget else int(m * alpha) for m in sizes]
+    assert len(official) == max(1, sum(floors)) and len(official) <= max(1, target)
+
+
+@pytest.mark.parametrize("retention", [None, 0.1])
+def test_prunevid_thread_count_does_not_change_the_output(retention):
+    x = synthetic(16, 14, 14, 96, seed=7, noise=0.2)
+    x[:, 3:8, 3:9] = x[:1, 3:8, 3:9]  # static copies: ties in densities and cosines
+    one = threads(1, lambda: framepress.compress(x, "prunevid", retention=retention))
+    two = threads(2, lambda: framepress.compress(x, "prunevid", retention=retention))
+    assert torch.equal(one.features, two.features) and torch.equal(one.source, two.source) and one.info == two.info
+    g = torch.Generator().manual_seed(1)
+    attention = torch.rand(5, len(one), generator=g)
+    inputs = LayerInputs(one.features, torch.randn(5, 96), None, 11, _attention=lambda w, h: attention)
+    a = threads(1, lambda: prunevid_prune(inputs, 80, blocks=blocks(one)))
+    b = threads(2, lambda: prunevid_prune(inputs, 80, blocks=blocks(one)))
+    assert torch.equal(a.source, b.source) and torch.equal(a.features, b.features)
+
+
+def test_prunevid_prune_parameters_name_the_argument():
+    inputs = LayerInputs(torch.randn(5, 4), torch.randn(2, 4), None, 10, _attention=lambda which, heads: torch.rand(2, 5))
+    with pytest.raises(ValueError, match="allocation must be one of"):
+        prunevid_prune(inputs, None, allocation="round")
+    with pytest.raises(TypeError, match="blocks must be a 1-D sequence of integer"):
+        prunevid_prune(inputs, None, blocks=[0.5] * 5)
+    with pytest.raises(ValueError, match="blocks: 3 labels for 5 visual tokens"):
+        prunevid_prune(inputs, None, blocks=[0, 0, 1])
+    with pytest.raises(ValueError, match="blocks: block labels must be >= 0"):
+        prunevid_prune(inputs, None, blocks=[0, 0, -1, 1, 1])

@@ -23,8 +23,8 @@ Pre-LLM (``prunevid``), query-agnostic:
 
 In-LLM (``prunevid_prune``, cutting from layer 11 after reading layer 10's attention, as the official code's
 selected layer 10 does), query-aware: the attention of every text token after the video to each visual token at
-layer K-1, max over heads then max over those queries; the tokens with the most are kept (the
-rest dropped, not merged).
+layer K-1, max over heads then max over those queries; within each block (a segment's static tokens, a frame's
+dynamic tokens) the tokens with the most are kept (the rest dropped, not merged).
 
 Deviations from the official code, each for the library's contracts or what framepress can see:
 
@@ -43,17 +43,27 @@ Deviations from the official code, each for the library's contracts or what fram
   dynamic clusters, in cluster order, and drops positions (PLLaVA has none to keep). Here each output token
   sits at its cluster center's position (a static one in its segment's first frame) and the output is in
   (t, y, x) order, so the M-RoPE and 1-D position rules of framepress apply.
-- Numerics and ties. Similarities, means and distances are computed in float32 (float64 for float64 input) and
-  the output cast back, where the official code works in the model dtype; the mean pairwise cosine is formed as
+- Numerics and ties. Similarities and means are computed in float32 (float64 for float64 input) and the output
+  cast back, where the official code works in the model dtype. The DPC-KNN distances (frames and sets) are
+  computed in float64: a float32 Gram matrix rounds differently with the number of threads, which flipped a
+  near-tie between densities, while the official ``torch.cdist`` gives the float64 answer there; float64 makes
+  the output independent of the thread count (a test) and equal to the official one; the mean pairwise cosine is formed as
   (||sum of unit vectors||^2 - sum of their squared norms) / (W (W - 1)), equal to the pairwise mean, clamped to
   [-1, 1] so tau = 1 switches static merging off (the official subtracts 1 per frame for the self-similarity,
   which differs only for all-zero tokens). DPC-KNN breaks density ties by index instead of 1e-6 random noise,
   so the output is deterministic; k is clamped to the set size (the official ``topk`` would fail below k).
   temporal_segment_ratio * T < 1 gives one cluster (the official ``topk(0)`` fails).
 - In-LLM blocks. The official code keeps int(alpha * size) tokens within each static block and each dynamic
-  frame separately; :class:`~framepress.layer.LayerInputs` does not carry those blocks (an earlier stage's
-  output is a flat list), so the top tokens are kept globally: floor(alpha * N) (at least 1) without a
-  retention, exactly the budget with one. Ties go to the earlier token.
+  frame separately (:func:`prunevid_prune`, ``allocation="official"``, the default). The blocks are not in
+  :class:`~framepress.layer.LayerInputs`; the method takes them as ``blocks`` (:func:`blocks` reads them off a
+  ``prunevid`` output, :func:`official_blocks` builds them for the official sequence order); without them the
+  whole visual block is one block (the official rule for one block: the global top). The per-block floors
+  undershoot a budget: on 32x14x14 (synthetic clips, seeds 0-2, 28-36 blocks) "25%/10%" keeps 615-617 of 627
+  tokens (-1.6% to -1.9%), "50%/10%" 607-611 (-2.6% to -3.2%), "50%/25%" 1561-1565 of 1568 (-0.2% to -0.5%),
+  and alpha = 0.4 after the default pre-LLM step 0.7%-2.4% under int(0.4 N). ``allocation="exact"`` gives
+  exactly the budget, split over the blocks by largest remainder. Ties go to the earlier token.
+- Official crashes. The temporal DPC-KNN's ``topk(k = 7)`` fails for fewer than 7 frames (and any set under k
+  tokens); here k is clamped to the set size, so T < 7 gives valid tokens by the same rules.
 - In-LLM layer and cache. The official code reads the attention of its selected layer 10 itself and cuts from
   layer 11 on, and also slices the KV cache of layers 0-10, so decoding attends only to the kept tokens in
   every layer. framepress's in-LLM stage at layer K reads layer K-1's attention and cuts layers >= K and their
@@ -76,6 +86,9 @@ from .fastvid import frame_features
 
 #: Without a retention, a set of more than this many tokens is clustered (the official ``> 14``).
 CLUSTER_ABOVE = 14
+
+#: How ``prunevid_prune`` splits its budget over the blocks: the official per-block floors, or exactly.
+ALLOCATIONS = ("official", "exact")
 
 
 def refine_clusters(labels: list[int]) -> list[int]:
@@ -143,7 +156,7 @@ def temporal_segments(frames: torch.Tensor, ratio: float, k: int) -> list[int]:
     T, C = frames.shape
     if T == 1:
         return [1]
-    distances = ops.pairwise_distances(frames, scale=1 / math.sqrt(C))
+    distances = ops.pairwise_distances(frames.double(), scale=1 / math.sqrt(C))  # float64: module notes
     _, labels = ops.dpc_knn(distances, max(1, int(T * ratio)), k)
     return runs(refine_clusters(labels.tolist()))
 
@@ -197,11 +210,51 @@ def check(p: dict) -> dict:
 
 
 def check_prune(p: dict) -> dict:
-    """PruneVid's in-LLM alpha, in (0, 1]."""
+    """PruneVid's in-LLM parameters: alpha in (0, 1], the allocation, and the blocks (integer labels, one per
+    visual token; their count is checked against the input)."""
     p["alpha"] = checks.number("alpha", p["alpha"], 0.0, 1.0)
     if p["alpha"] <= 0:
         raise ValueError(f"alpha must be in (0, 1], got {p['alpha']}")
+    p["allocation"] = checks.choice("allocation", p["allocation"], ALLOCATIONS)
+    if p["blocks"] is not None:
+        blocks = torch.as_tensor(p["blocks"])
+        if blocks.ndim != 1 or blocks.dtype.is_floating_point or blocks.dtype == torch.bool or blocks.is_complex():
+            raise TypeError(f"blocks must be a 1-D sequence of integer block labels, one per visual token; got {p['blocks']!r:.80}")
+        if blocks.numel() and int(blocks.min()) < 0:
+            raise ValueError("blocks: block labels must be >= 0")
+        p["blocks"] = blocks.long()
     return p
+
+
+def blocks(tokens: Tokens) -> torch.Tensor:
+    """[N] the in-LLM block of each token of a ``prunevid`` output (in its output order): the official blocks,
+    numbered in the official order (per segment its static block, then each of its frames' dynamic block).
+    A static token is one whose members span its segment's frames. What ``prunevid_prune`` takes as ``blocks``
+    when it follows ``prunevid``."""
+    T, H, W = tokens.grid
+    lengths = tokens.info["segments"]
+    dev = tokens.source.device
+    kept = torch.nonzero(tokens.source >= 0).squeeze(1)
+    frame, token = kept // (H * W), tokens.source[kept]
+    first = torch.full((len(tokens),), T, dtype=torch.long, device=dev).scatter_reduce(0, token, frame, "amin")
+    last = torch.full((len(tokens),), -1, dtype=torch.long, device=dev).scatter_reduce(0, token, frame, "amax")
+    ends = torch.tensor(lengths, device=dev).cumsum(0)
+    segment = torch.searchsorted(ends, first, right=True)
+    start = ends[segment] - torch.tensor(lengths, device=dev)[segment]
+    static_block = start + segment  # per segment: 1 static block, then one per frame
+    return torch.where(last > first, static_block, static_block + 1 + first - start)
+
+
+def official_blocks(static_sizes, dynamic_sizes, window_sizes) -> torch.Tensor:
+    """[N] block labels of a visual block in the official order (per segment: its static tokens, then its
+    frames' dynamic tokens, frame by frame), from the official per-segment sizes (``static_sizes``,
+    ``dynamic_sizes`` summed over the segment's ``window_sizes`` frames)."""
+    sizes = []
+    for static, dynamic, frames in zip(static_sizes, dynamic_sizes, window_sizes):
+        if int(dynamic) % int(frames):
+            raise ValueError(f"dynamic_sizes: {dynamic} tokens do not split over {frames} frames")
+        sizes += [int(static)] + [int(dynamic) // int(frames)] * int(frames)
+    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
 
 
 @register(
@@ -281,7 +334,7 @@ def prunevid(
         a, w = starts[s], lengths[s]
         rows = time_means[s][positions] if t is None else grid[t] if size == n else grid[t, positions]
         if count < size:
-            distances = ops.pairwise_distances(rows, scale=1 / math.sqrt(C))
+            distances = ops.pairwise_distances(rows.double(), scale=1 / math.sqrt(C))
             centers, cluster = ops.dpc_knn(distances, count, k)
             rows = ops.group_mean(rows, cluster, count)
         else:
@@ -306,20 +359,58 @@ def prunevid(
     layer=11,
     check=check_prune,
 )
-def prunevid_prune(inputs: LayerInputs, budget: int | None, *, alpha: float = 0.4) -> Tokens:
-    """Keep the visual tokens that the text after the video attends to most at layer K-1 (max over heads, then
-    max over the text tokens); drop the rest. Without a retention it keeps floor(alpha * N), at least 1 (the
-    paper's alpha = 0.4).
+def prunevid_prune(
+    inputs: LayerInputs,
+    budget: int | None,
+    *,
+    alpha: float = 0.4,
+    allocation: str = "official",
+    blocks: torch.Tensor | None = None,
+) -> Tokens:
+    """Keep, within each block, the visual tokens that the text after the video attends to most at layer K-1
+    (max over heads, then over the text tokens); drop the rest.
 
-    Kept tokens stay in sequence order. The official code keeps the top alpha within each static block and each
-    dynamic frame; the blocks are not known here, so the selection is global (module notes). With no text after
-    the video there is no signal: the first tokens are kept.
+    Args:
+        alpha: the share kept without a retention (0.4).
+        allocation: "official": each block keeps int(share * its size), share = alpha (or budget / N with a
+            retention), so the total falls short of the share by up to one token per block; "exact": exactly
+            the budget (int(alpha * N) without one) split over the blocks by size (largest remainder).
+        blocks: [N] block label of each visual token (the pre-LLM step's static blocks and dynamic frames:
+            :func:`blocks` of a ``prunevid`` output, :func:`official_blocks` for the official order); None: one
+            block (the top tokens overall, the official rule for a single block).
+
+    Kept tokens stay in sequence order; ties go to the earlier token. With no text after the video there is no
+    signal and each block keeps its first tokens. Should no block keep a token (all blocks under 1 / share),
+    the single top token is kept, so a non-empty input gives a non-empty output.
     """
     visual = inputs.visual
     n, c = visual.shape
-    keep = max(1, int(alpha * n)) if budget is None else min(budget, n)
-    if inputs.text.shape[0] == 0 or keep >= n:
-        index = torch.arange(keep, device=visual.device)
+    dev = visual.device
+    labels = torch.zeros(n, dtype=torch.long, device=dev) if blocks is None else blocks.to(dev)
+    if labels.numel() != n:
+        raise ValueError(f"blocks: {labels.numel()} labels for {n} visual tokens")
+    sizes = torch.bincount(labels, minlength=1)
+    if budget is not None:
+        budget = min(budget, n)
+    if allocation == "official":
+        if budget is None:  # the official int(size * alpha), in floating point as there
+            quota = torch.tensor([int(int(m) * alpha) for m in sizes.tolist()], dtype=torch.long, device=dev)
+        else:
+            quota = sizes * budget // n
     else:
-        index = ops.top_indices(inputs.text_attention(heads="max").amax(0).float(), keep)
+        target = max(1, int(alpha * n)) if budget is None else budget
+        quota = torch.tensor(shares(sizes.tolist(), target), dtype=torch.long, device=dev)
+    if inputs.text.shape[0] == 0:
+        score = torch.zeros(n, device=dev)
+    else:
+        score = inputs.text_attention(heads="max").amax(0).float()
+    by_score = torch.sort(score, descending=True, stable=True).indices  # ties: the earlier token
+    order = by_score[torch.sort(labels[by_score], stable=True).indices]  # per block, by score
+    start = torch.cumsum(sizes, 0) - sizes
+    rank = torch.empty(n, dtype=torch.long, device=dev)
+    rank[order] = torch.arange(n, device=dev) - start[labels[order]]
+    keep = rank < quota[labels]
+    if not bool(keep.any()):
+        keep[by_score[0]] = True
+    index = torch.nonzero(keep).squeeze(1)
     return Tokens.select(visual.reshape(1, 1, n, c), index, {"layer": inputs.layer})
