@@ -74,6 +74,7 @@ def test_ctrl_c_keeps_the_rows_done_and_exits_130(tmp_path, record):
     out, err = rec.finish()
     assert [r.split()[0] for r in out.splitlines()[2:]] == ["none", "sttm"]
     assert "interrupted after 2 of 4 runs" in err and "2 of 2 runs answered 'green'" in err
+    assert (tmp_path / "show_sttm.png").is_file() and f"{tmp_path}/show_<method>.png" in err
 
 
 def test_ctrl_c_in_json_mode_prints_the_rows_done(tmp_path, record):
@@ -101,3 +102,11 @@ def test_ttft_is_the_median_of_timed_runs_after_a_warm_up():
     assert pipe.calls == [4, 1, 1, 1]  # the answer (and warm-up), then prefill-only runs of one new token
     assert row["ttft_s"] == 2.0 and row["ttft_runs_s"] == [1.0, 2.0, 3.0]
     assert row["answer"] == "green" and row["total_s"] == 1.0
+
+
+def test_ctrl_c_before_any_row_says_only_that(tmp_path, record):
+    rec = record(interrupt_at=0)
+    assert demo.run_demo(tmp_path) == 130
+    out, err = rec.finish()
+    assert out.splitlines() == [demo.HEADER, "-" * len(demo.HEADER)]
+    assert "interrupted after 0 of 4 runs" in err and "answered" not in err and "pictures" not in err

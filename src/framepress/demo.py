@@ -99,7 +99,7 @@ def run_demo(out: Path, frames: int = 16, json_output: bool = False, index: int 
                 row = {**_ask(pipe, video, item.question), "method": name, "retention": retention}
                 row["correct"] = row["answer"].split()[:1] == [item.answer]
                 if share == RETENTIONS[1]:
-                    pipe.show(video, out / f"show_{name}.png", cell=128)
+                    row["picture"] = str(pipe.show(video, out / f"show_{name}.png", cell=128))
             except ValueError as exc:
                 row = {"method": name, "retention": retention, "error": str(exc)}
             finally:
@@ -122,9 +122,11 @@ def run_demo(out: Path, frames: int = 16, json_output: bool = False, index: int 
             say(f"interrupted after {len(rows)} of {len(runs)} runs; the rows above are all complete")
         answered = [r for r in rows if "answer" in r]
         right = sum(r["correct"] for r in answered)
-        say(f"{right} of {len(answered)} runs answered {item.answer!r}. One clip says little: `framepress "
-            "bench-quality` ranks the methods on 300 held-out clips per question kind (docs/quality.md).")
-        say(f"pictures of what each method kept at {pictures}: {out}/show_<method>.png")
+        if answered:
+            say(f"{right} of {len(answered)} runs answered {item.answer!r}. One clip says little: `framepress "
+                "bench-quality` ranks the methods on 300 held-out clips per question kind (docs/quality.md).")
+        if any(r.get("picture") for r in rows):
+            say(f"pictures of what each method kept at {pictures}: {out}/show_<method>.png")
     return 130 if interrupted else 0
 
 
