@@ -32,6 +32,8 @@ exact budget exists: an error.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .. import checks, ops
@@ -143,3 +145,43 @@ def dycoke(x: torch.Tensor, budget: int | None, *, prune: float = 0.7, allocatio
     kept[cut] = rank < counts[cut][:, None]
     index = torch.nonzero(kept.reshape(-1)).squeeze(1)
     return Tokens.select(x, index, {"kept_per_frame": kept.sum(1).tolist()})
+
+
+#: Stage 2's defaults (the official lmms-eval arguments dycoke_l=3, dycoke_p=0.7) and its refresh threshold.
+DECODE_LAYER, DECODE_PRUNE, REFRESH = 3, 0.7, 0.9
+
+
+@dataclass
+class DecodeState:
+    """One sample's stage-2 memory across decode steps: the previous step's visual attention (None before the
+    first decode step). A new prompt (prefill) starts a new state."""
+
+    previous: torch.Tensor | None = None
+
+
+def decode_prune(
+    attention: torch.Tensor, state: DecodeState, *, prune: float = DECODE_PRUNE, refresh: float = REFRESH
+) -> torch.Tensor | None:
+    """DyCoke stage 2 for one decode step of one sample, as the official code runs it: which visual KV entries
+    the layers >= L (3) attend to.
+
+    ``attention`` [N] is the new token's attention to each of the N visual KV entries at layer L-1, mean over
+    heads. Its cosine with the previous step's (0 at the first decode step) decides: below ``refresh`` (0.9)
+    the step keeps the int((1 - prune) * N) entries with the most attention (returned ascending; ties: the
+    earlier entry); otherwise it returns None and the step attends to the whole cache. That is the official
+    rule: its index list is cleared before layer L on every step, so "attention unchanged" means no pruning at
+    all on that step, not a reuse of the previous selection. Layers < L always see every entry; the full cache
+    stays in memory (the selection is a gather, never a deletion), so only decode-time attention is saved.
+    """
+    prune = checks.number("prune", prune, 0.0, 1.0)
+    refresh = checks.number("refresh", refresh, -1.0, 1.0)
+    current = attention.detach().float()
+    similarity = (
+        float(torch.nn.functional.cosine_similarity(current, state.previous, dim=0))
+        if state.previous is not None and state.previous.shape == current.shape
+        else 0.0
+    )
+    state.previous = current
+    if similarity >= refresh:
+        return None
+    return ops.top_indices(current, int((1 - prune) * current.numel()))
