@@ -5,6 +5,8 @@ handlers first) does not wait for torch and transformers.
 """
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -32,3 +34,16 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """``framepress.methods`` is the function :func:`framepress.api.methods`, also once the ``framepress.methods`` subpackage (one module
+    per method) is imported: the import system would otherwise bind the subpackage over it."""
+
+    def __setattr__(self, name, value):
+        if name == "methods" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

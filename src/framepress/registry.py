@@ -16,7 +16,6 @@ larger than the frame, more frames than the clip) stay in the method.
 from __future__ import annotations
 
 import importlib
-import sys
 
 import functools
 import inspect
@@ -158,8 +157,4 @@ def names(stage: str | None = None) -> list[str]:
 
 def _builtins() -> None:
     """Register the built-in methods on first use (``import framepress`` itself stays light)."""
-    if f"{__package__}.methods" in sys.modules:
-        return
     importlib.import_module(f"{__package__}.methods")
-    # importing the subpackage bound framepress.methods to it; the public name is the function framepress.methods()
-    vars(sys.modules[__package__]).pop("methods", None)
