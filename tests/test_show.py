@@ -308,9 +308,11 @@ def test_frame_labels_count_tokens_with_plurals_and_the_legend_names_the_represe
     show.contact_sheet(gradient_frames(T), tok, cell=112)
     assert texts[:4] == ["frame 0 (1 token)", "frame 1 (2 tokens)", "frame 2 (0 tokens)", "frame 3 (0 tokens)"]
     assert texts[4] == "retention 0.00: 3 of 784 tokens"
-    assert texts[5:7] == ["3 tokens of 784", "drawn on the 4x14x14 grid: 3 single, 0 merged groups, 781 of 784 cells dropped"]
+    assert texts[5:7] == ["", "4x14x14 grid: 3 single, 0 merged groups, 781 of 784 cells dropped"]
     assert texts[7:] == list(show.LEGEND) and "coloured outline: a group's representative" in show.LEGEND
     assert [show.plural(n, "token") for n in (0, 1, 2)] == ["0 tokens", "1 token", "2 tokens"]
+    sttm = framepress.compress(x, "sttm", retention=0.3)  # standalone: the header says what the method chose
+    assert show.header_lines(sttm)[0] == "chosen: " + ", ".join(f"{k}={v:.4g}" for k, v in sttm.info.items())
 
 
 def test_words_are_drawn_with_a_readable_gap():
@@ -438,7 +440,7 @@ def test_gridpool_header_counts_both_grids(pipe, clip, monkeypatch):
     title, flow, drawn = texts[16:19]
     assert title == "gridpool, retention 0.25"
     assert flow == "visual tokens: 576 -> 144 before the LLM (the LLM's grid: 16x6x6)"
-    assert drawn.startswith("drawn on the 16x12x12 grid before pooling: ") and drawn.endswith(" of 2304 cells dropped")
+    assert drawn.startswith("16x12x12 grid before pooling: ") and drawn.endswith(" of 2304 cells dropped")
     pipe.close()
 
 

@@ -231,21 +231,23 @@ def composed(record: dict, first: Tokens | None = None, sample: int = 0) -> Toke
 
 def header_lines(tokens: Tokens) -> tuple[str, str]:
     """The header's two lines under the title: the visual tokens through each stage (a run inside a model:
-    ``tokens.info`` from :func:`composed`), and what the picture draws on which grid."""
+    ``tokens.info`` from :func:`composed`; standalone: what the method chose, its numeric ``info``), and what the
+    picture draws on which grid."""
     T, H, W = tokens.grid
     singles, groups = int((tokens.sizes == 1).sum()), int((tokens.sizes > 1).sum())
     dropped = int((tokens.source < 0).sum())
     drawn = f"{singles} single, {plural(groups, 'merged group')}, {dropped} of {tokens.num_input} cells dropped"
     stages = tokens.info.get("stages")
     if not stages:
-        return f"{plural(len(tokens), 'token')} of {tokens.num_input}", f"drawn on the {T}x{H}x{W} grid: {drawn}"
+        chosen = [f"{k}={v:.4g}" for k, v in tokens.info.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return ("chosen: " + ", ".join(chosen) if chosen else ""), f"{T}x{H}x{W} grid: {drawn}"
     llm = tuple(tokens.info["llm_grid"])
     where = ["before the LLM" if label.endswith("@pre-LLM") else f"at {label.split('@')[-1]}" for label, _ in stages]
     flow = " -> ".join([str(tokens.info["visual_in"])] + [f"{n} {w}" for (_, n), w in zip(stages, where)])
     if llm == (T, H, W):
-        return f"visual tokens: {flow}", f"drawn on the {T}x{H}x{W} grid: {drawn}"
+        return f"visual tokens: {flow}", f"{T}x{H}x{W} grid: {drawn}"
     return (f"visual tokens: {flow} (the LLM's grid: {'x'.join(map(str, llm))})",
-            f"drawn on the {T}x{H}x{W} grid before pooling: {drawn}")
+            f"{T}x{H}x{W} grid before pooling: {drawn}")
 
 
 def contact_sheet(
