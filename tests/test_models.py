@@ -497,12 +497,13 @@ def test_every_pre_llm_method_runs_in_every_family(model, method):
     spec = framepress.registry.get(method)
     retention = 0.5 if spec.budget != "steps" else 0.25
     given = f"{retention:.0%}" if spec.inner else retention  # "A%" alone: the pre-LLM part only
-    with framepress.apply(model, method, retention=given) as handle:
+    exact = {"allocation": "exact"} if spec.budget == "official" else {}  # the official count is checked elsewhere
+    with framepress.apply(model, method, retention=given, **exact) as handle:
         tokens = generate(model, inputs, n=2)
         stage = handle.stats[-1]["stages"][0]
     assert tokens.shape == (1, 2)
     n = handle.stats[-1]["tokens_in"][0]
-    if spec.budget == "exact":
+    if spec.budget in ("exact", "official"):
         assert stage["visual_out"][0] == round(retention * n)
     else:
         assert 0 < stage["visual_out"][0] <= round(retention * n)

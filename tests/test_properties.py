@@ -195,6 +195,11 @@ def test_budget_and_token_model(name, x, retention):
     assert_token_model(out, x)
     if kind == "exact":
         assert len(out) == budget
+    elif kind == "official":  # the official count by default; exactly the budget by choice
+        exact = compress_or_budget_error(x, name, retention, allocation="exact", **extra)
+        if exact is not None:
+            assert_token_model(exact, x)
+            assert len(exact) == budget
     else:  # "steps" and "search" never exceed the budget
         assert len(out) <= budget
     again = framepress.compress(x, name, retention, **extra)
@@ -218,9 +223,11 @@ def test_defaults_without_budget(name, x):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_full_retention_keeps_every_token(name):
-    """retention=1 asks for every token; every built-in method then returns all of them."""
+    """retention=1 asks for every token; every built-in method then returns all of them (the "official" ones with
+    allocation="exact": their official rule may merge over time even then, as HoliTom's does)."""
     x = synthetic(5, 7, 6, 3, seed=1)
-    out = framepress.compress(x, name, 1.0, **_inputs_for(name, x))
+    exact = {"allocation": "exact"} if registry.get(name).budget == "official" else {}
+    out = framepress.compress(x, name, 1.0, **exact, **_inputs_for(name, x))
     assert_token_model(out, x)
     assert len(out) == x.shape[0] * x.shape[1] * x.shape[2]
     assert bool((out.source >= 0).all())

@@ -27,6 +27,8 @@ from .tokens import Tokens
 
 BUDGET_KINDS = {
     "exact": "returns exactly the budget",
+    "official": "the official code's own count by default, near the budget (above or below it); "
+    "allocation='exact' returns exactly the budget",
     "steps": "returns the largest natural setting within the budget",
     "search": "searches its thresholds: at most the budget, at least 98% of it",
 }

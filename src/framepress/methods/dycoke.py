@@ -109,7 +109,7 @@ def check(p: dict) -> dict:
 @register(
     "dycoke",
     paper="Tao et al., DyCoke: Dynamic Compression of Tokens for Fast Video LLMs, CVPR 2025",
-    budget="exact",
+    budget="official",
     check=check,
     scale_invariant=True,
 )

@@ -107,7 +107,7 @@ def check(p: dict) -> dict:
 @register(
     "holitom",
     paper="Shao et al., HoliTom: Holistic Token Merging for Fast Video LLMs, NeurIPS 2025 (arXiv 2505.21334)",
-    budget="exact",
+    budget="official",
     inner=("holitom_merge", 0.5),
     check=check,
 )

@@ -353,7 +353,7 @@ def prunevid(
 @register(
     "prunevid_prune",
     paper="PruneVid (arXiv 2412.16117), question-guided pruning inside the LLM",
-    budget="exact",
+    budget="official",
     stage="in-llm",
     query_aware=True,
     layer=11,
