@@ -300,19 +300,56 @@ def test_prunevid_in_a_model_reads_a_percent_b_percent(family):
 
     model = tiny_model(family)
     inputs = video_inputs(model, [random_frames(model, 4, seed=s) for s in (0, 1)])
-    with framepress.apply(model, "prunevid", retention="50%/20%", inner_layer=2) as handle:
+    with framepress.apply(model, "prunevid", retention="50%/20%", inner_layer=2, allocation="exact") as handle:
         with torch.no_grad():
             model.generate(**inputs, max_new_tokens=2, suppress_tokens=[250, 251, 252, 253])
         record = handle.stats[-1]
         n = record["tokens_in"][0]
         assert [s["visual_out"] for s in record["stages"]] == [[round(0.5 * n)] * 2, [round(0.2 * n)] * 2]
-    with framepress.apply(model, "prunevid", retention=0.5, inner_layer=2) as handle:  # a number: alpha = 0.4 of it
+    with framepress.apply(model, "prunevid", retention="50%/20%", inner_layer=2) as handle:  # official: per-block floors
+        with torch.no_grad():
+            model(**inputs)
+        assert all(0 < v <= round(0.2 * n) for v in handle.stats[-1]["stages"][1]["visual_out"])
+    with framepress.apply(model, "prunevid", retention=0.5, inner_layer=2, allocation="exact") as handle:  # alpha = 0.4 of it
         with torch.no_grad():
             model(**inputs)
         assert [s["visual_out"][0] for s in handle.stats[-1]["stages"]] == [round(0.5 * n), round(0.2 * n)]
     with pytest.raises(ValueError, match="inner_layer"):
         framepress.apply(model, "prunevid", retention=0.5)  # layer 11 of a 4-layer model
     assert "_framepress_patch" not in model.__dict__
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen3_vl"])
+def test_in_a_model_the_pruning_gets_the_pre_llm_blocks_in_sequence_order(family, monkeypatch):
+    """Inside a model, prunevid_prune selects per block of the prunevid output it follows (the official rule),
+    each visual token labelled with the block of the output token standing at its position."""
+    import dataclasses
+
+    from framepress.models.tiny import random_frames, tiny_model, video_inputs
+
+    model = tiny_model(family)
+    inputs = video_inputs(model, [random_frames(model, 8, seed=s) for s in (0, 1)])
+    received = []
+    with framepress.apply(model, "prunevid", retention="50%/20%", inner_layer=2) as handle:
+        inner = handle.stages[1]
+        fn = inner.method.fn
+
+        def spy(layer_inputs, budget, **params):
+            received.append(params["blocks"])
+            return fn(layer_inputs, budget, **params)
+
+        monkeypatch.setattr(inner, "method", dataclasses.replace(inner.method, fn=spy))
+        with torch.no_grad():
+            model(**inputs)
+        record, videos = handle.stats[-1], handle._patch.last_tokens
+    assert len(received) == 2 and len(videos) == 2
+    for b, (labels, tokens) in enumerate(zip(received, videos)):
+        slots = torch.tensor(record["blocks"][b][0][0])
+        T, H, W = tokens.grid
+        rep = slots[tokens.boxes[:, 0] * H * W + tokens.boxes[:, 1] * W + tokens.boxes[:, 2]]
+        label_at = dict(zip(rep.tolist(), blocks(tokens).tolist()))
+        assert labels.tolist() == [label_at[slot] for slot in record["stages"][0]["kept"][b]]
+        assert labels.unique().numel() > 1  # several blocks: the per-block rule is what runs
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ class Stage:
     params: dict[str, Any]
     layer: int | None
     positions: str
+    handoff: Any = None  # the pre-LLM stage's registry handoff, on the in-LLM part of the same apply
 
     @property
     def label(self) -> str:
@@ -215,6 +216,7 @@ class _Pass:
     append_pending: int = 0  # a Session is about to append this many prompt tokens to the cached prefix
     appending: bool = False  # this pass appends prompt tokens (not generated ones)
     record: dict[str, Any] = field(default_factory=dict)
+    entry_plans: list[list[tuple[Tokens, torch.Tensor]]] = field(default_factory=list)  # per sample: (tokens, anchors)
 
 
 class _Patch:
@@ -404,6 +406,8 @@ class _Patch:
         parts = []
         for b in range(B):
             plans = [self._entry_block(entry, embeds[b, slots].reshape(*grid, C), slots, grid) for slots, grid in p.blocks[b]]
+            videos = self.last_tokens[len(self.last_tokens) - len(plans) :]
+            p.entry_plans.append([(tokens, plan.anchor) for tokens, plan in zip(videos, plans)])
             parts.append(_sample_parts(valid[b], plans))
             p.blocks[b] = []
         rewrite = _rewrite(parts, L, embeds.device)
@@ -629,8 +633,28 @@ class _Patch:
         budget = None
         if stage.retention is not None:
             budget = min(vis.numel(), _budget.tokens_for(stage.retention, p.original_visual[b]))
+        params = {**self._handed(stage, b, vis.numel()), **stage.params}
         with torch.inference_mode():
-            return stage.method.fn(inputs, budget, **stage.params)
+            return stage.method.fn(inputs, budget, **params)
+
+    def _handed(self, stage: Stage, b: int, n_visual: int) -> dict[str, torch.Tensor]:
+        """What the pre-LLM stage of the same apply hands its in-LLM part (e.g. PruneVid's blocks): per-token
+        labels in the pre-LLM output order, put in sequence order (the order of the tokens' anchors) and
+        numbered apart video by video."""
+        plans = self.current.entry_plans[b] if stage.handoff is not None and self.current.entry_plans else []
+        if not plans:
+            return {}
+        labels: dict[str, list[torch.Tensor]] = {}
+        for tokens, anchor in plans:
+            order = torch.sort(anchor, stable=True).indices
+            for name, value in stage.handoff(tokens).items():
+                start = int(labels[name][-1].max()) + 1 if labels.get(name) else 0
+                labels.setdefault(name, []).append(value[order] + start)
+        handed = {name: torch.cat(parts) for name, parts in labels.items()}
+        for name, value in handed.items():
+            if value.numel() != n_visual:
+                raise RuntimeError(f"{stage.label}: {value.numel()} {name} labels from the pre-LLM stage for {n_visual} visual tokens")
+        return handed
 
     def _prefill_mask(self, valid: torch.Tensor, incoming, dtype):
         """The 4-D causal mask of a rewritten prefill, in the format the attention kernel takes (None when
@@ -766,6 +790,7 @@ def apply(
     stages = [_stage(adapter, spec, first, own, layer, positions)]
     if inner is not None:
         stages.append(_stage(adapter, inner, second, inner_params, inner_layer, None, layer_name="inner_layer"))
+        stages[-1].handoff = spec.handoff
     elif inner_layer is not None:
         raise ValueError(f"inner_layer: {method} runs no in-LLM part here")
     patch = model.__dict__.get("_framepress_patch")

@@ -55,6 +55,7 @@ class Method:
     check: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # value checks: all parameters in, checked out
     shown: Mapping[str, str] | None = None  # what a default of None means, for the table of methods
     scale_invariant: bool = False  # tokens unchanged and features scaled when x is scaled (cosines and means only)
+    handoff: Callable[[Tokens], dict[str, Any]] | None = None  # per-token labels this method's tokens give its inner part
 
     @property
     def summary(self) -> str:
@@ -104,6 +105,7 @@ def register(
     check: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     shown: Mapping[str, str] | None = None,
     scale_invariant: bool = False,
+    handoff: Callable[[Tokens], dict[str, Any]] | None = None,
 ) -> Callable[[Callable[..., Tokens]], Callable[..., Tokens]]:
     """Register ``fn(x, budget, *, **params)`` under ``name``; an in-LLM method gives its paper's ``layer``; a
     pre-LLM method whose paper adds an in-LLM part names it in ``inner`` with the share of the pre-LLM tokens it
@@ -114,7 +116,8 @@ def register(
     without the input; the function returned (and registered) runs it before every call. ``shown`` gives the
     table's text for defaults of None that stand for a value ("T//2"). ``scale_invariant`` says the method reads
     only cosines and forms only means and sums, so ``compress`` may rescale an input of extreme magnitude by a
-    power of two (exactly) and scale the features back."""
+    power of two (exactly) and scale the features back. ``handoff(tokens)`` gives the ``inner`` part parameters
+    read off this method's output: [N] integer labels per output token, in output order (PruneVid's blocks)."""
     if budget not in BUDGET_KINDS:
         raise ValueError(f"budget must be one of {sorted(BUDGET_KINDS)}, got {budget!r}")
     if stage not in STAGES or (stage == "in-llm") != (layer is not None):
@@ -133,7 +136,8 @@ def register(
             return fn(x, n_tokens, **method.bind(kwargs))
 
         method = Method(
-            name, checked, paper, budget, stage, query_aware, params, layer, inner, grid, check, shown, scale_invariant
+            name, checked, paper, budget, stage, query_aware, params, layer, inner, grid, check, shown, scale_invariant,
+            handoff,
         )
         _METHODS[name] = method
         return checked

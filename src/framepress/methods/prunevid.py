@@ -263,6 +263,7 @@ def official_blocks(static_sizes, dynamic_sizes, window_sizes) -> torch.Tensor:
     budget="exact",
     inner=("prunevid_prune", 0.4),
     check=check,
+    handoff=lambda tokens: {"blocks": blocks(tokens)},
 )
 def prunevid(
     x: torch.Tensor,
