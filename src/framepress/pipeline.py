@@ -19,6 +19,7 @@ import torch
 
 from . import checks, flops
 from .models import ADAPTERS
+from .models.base import cache_arg, output_cache
 from .patch import Handle, apply
 from .prompt import Prompter
 from .session import Session
@@ -169,7 +170,7 @@ class Pipeline:
                     out = self.model.generate(
                         input_ids=torch.tensor([ids[:1]], device=self.device),
                         attention_mask=torch.cat([inputs["attention_mask"], inputs["attention_mask"][:, :1]], 1),
-                        past_key_values=prefill.past_key_values if last else copy.deepcopy(prefill.past_key_values),
+                        **{cache_arg(): output_cache(prefill) if last else copy.deepcopy(output_cache(prefill))},
                         max_new_tokens=len(ids) - 1, do_sample=False, logits_processor=[_Force(ids[1:])],
                         output_logits=True, return_dict_in_generate=True,
                     )
