@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import framepress
+from framepress.models.base import cache_of
 from framepress.demo import write_video
 from framepress.models.tiny import save_tiny_checkpoint
 from framepress.synth import demo_video
@@ -39,7 +40,7 @@ class Counter:
         setattr(self, name, getattr(self, name) + 1)
 
     def _on_lm(self, module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+        cache = cache_of(kwargs)
         if cache is None or cache.get_seq_length() == 0:
             self.prefills += 1
 
