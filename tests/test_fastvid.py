@@ -1,19 +1,59 @@
-"""FastVID (specs/baselines.md §3): DySeg segments, per-frame salient tokens, DPC-KNN anchors and their merge."""
+"""FastVID (specs/baselines.md §3) against the official code: the golden vectors of both forks (tests/data/fastvid,
+see its PROVENANCE), the official counts and merge rules restated, the documented behaviour where the official
+code raises, ``allocation="exact"`` and thread-count independence."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import framepress
 from framepress import ops, registry
 from framepress.features import synthetic
-from framepress.methods.fastvid import allocate, even_split, fill, frame_features, segment_lengths
+from framepress.methods.fastvid import (
+    allocate,
+    anchor_offsets,
+    fill,
+    frame_features,
+    merges_alone,
+    segment_lengths,
+    spread,
+)
+
+GOLDEN = Path(__file__).parent / "data" / "fastvid"
+MANIFEST = json.loads((GOLDEN / "manifest.json").read_text())
+CASES = [c for c in MANIFEST["cases"] if c["output"]]
+FORK = {"fastvid_llavaonevision": "onevision", "fastvid_llavavideo": "llavavideo"}
 
 T, H, W, C = 8, 14, 14, 32
 N = H * W
+
+
+def load(name):
+    data = np.load(GOLDEN / name)
+    return {k: torch.from_numpy(data[k]) for k in data.files}
+
+
+def call_of(case, inputs):
+    """The framepress call of a golden case (golden README, "A case as a framepress call")."""
+    p = case["official_params"]
+    return dict(
+        scores=inputs["scores"], min_segments=p["c"], tau=p["tau"], context_share=p["d"], anchor_stride=p["p"],
+        beta=p["beta"], k=4, fork=FORK[case["fork"]],
+    )
+
+
+def reps_of(out):
+    """Flat input index of each output token's representative."""
+    _, h, w = out.grid
+    return out.boxes[:, 0] * h * w + out.boxes[:, 1] * w + out.boxes[:, 2]
 
 
 @pytest.fixture(scope="module")
@@ -23,133 +63,288 @@ def video():
     return x, scores
 
 
-def budget_of(x, retention):
-    t, h, w, _ = x.shape
-    return max(1, round(retention * t * h * w))
+# ---------------------------------------------------------------------------------------------------------------
+# the official outputs
+# ---------------------------------------------------------------------------------------------------------------
 
 
-def reps_of(out):
-    """Flat input index of each output token's representative."""
-    _, h, w = out.grid
-    return out.boxes[:, 0] * h * w + out.boxes[:, 1] * w + out.boxes[:, 2]
+@pytest.mark.parametrize("glob", ["mean", "map"])
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_matches_the_official_code(case, glob):
+    """Count, kept positions and features (to 1e-4) equal the official run; ``glob_mean`` is framepress's own
+    stand-in (the default), ``glob_map`` a MAP-head-like global feature passed as ``frame_features``."""
+    inputs, want = load(case["input"]), load(case["output"])
+    suffix = "" if glob == "mean" else "_map"
+    extra = {} if glob == "mean" else {"frame_features": inputs["glob_map"]}
+    x = inputs["x"]
+    out = framepress.compress(x, "fastvid", case["retention"], **call_of(case, inputs), **extra)
+    out.check()
+    _, h, w, _ = x.shape
+    assert out.info["segments"] == want["segments" + suffix].tolist()
+    assert torch.equal(reps_of(out), want["rep_t" + suffix] * h * w + want["rep_pos" + suffix])
+    torch.testing.assert_close(out.features, want["features" + suffix], rtol=0, atol=1e-4)
+    if glob == "mean":
+        assert len(out) == case["count"]
+        assert (out.info["salient"], out.info["context"]) == (case["salient"], case["context"])
 
 
-def split(budget, lengths, n, share):
-    """The documented split, restated: per frame the salient slots (segment [a, b) gets floor(B b/T) -
-    floor(B a/T) tokens, floor(share * that) context, the rest salient, spread evenly over its frames)."""
-    total, salient, start = sum(lengths), [], 0
-    for length in lengths:
-        seg = budget * (start + length) // total - budget * start // total
-        ctx = math.floor(share * seg + 1e-9)
-        per = [(seg - ctx) * (i + 1) // length - (seg - ctx) * i // length for i in range(length)]
-        assert max(per) - min(per) <= 1
-        salient += per
-        start += length
-    return salient
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_official_slots_per_frame(case):
+    """The salient and anchor counts of each frame are the official ones (manifest)."""
+    t, h, w = case["grid"]
+    budget = max(1, round(case["retention"] * t * h * w))
+    p = case["official_params"]
+    salient, anchors = allocate(
+        [budget // t] * t, case["segments"], h * w, p["d"], p["p"], FORK[case["fork"]], official=True
+    )
+    assert salient == case["frame_salient_slots"] and anchors == case["frame_context_slots"]
+    assert budget // t == case["frame_retain_num"]
 
 
-def salient_and_anchors(out, scores, context_share=0.4):
-    """The salient tokens (each frame's top-ranked ones, as many as the split gives) and the anchors (every
-    other output token's representative)."""
+def test_official_crash_case_gives_valid_tokens():
+    """c00: one frame, fewer than c = 8 (the official ``torch.topk`` raises): one segment, the official counts."""
+    (case,) = [c for c in MANIFEST["cases"] if c.get("official_error")]
+    inputs = load(case["input"])
+    out = framepress.compress(inputs["x"], "fastvid", case["retention"], **call_of(case, inputs))
+    out.check()
+    assert out.info["segments"] == [1]
+    assert len(out) <= round(case["retention"] * 196)
+
+
+@pytest.mark.parametrize("fork", ["onevision", "llavavideo"])
+def test_thread_count_does_not_change_the_output(fork):
+    inputs = load("in_t64_13_c64_video.npz")
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(framepress.compress(inputs["x"], "fastvid", 0.1, scores=inputs["scores"], fork=fork))
+    finally:
+        torch.set_num_threads(before)
+    a, b = outs
+    assert torch.equal(a.features, b.features) and torch.equal(a.source, b.source) and torch.equal(a.boxes, b.boxes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the official counts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_onevision_counts():
+    # R = 19, S = 19 - int(7.6) = 12, X = 7; a segment of L frames: (7 L) // ceil(L / 4) on each anchor frame
+    salient, anchors = allocate([19] * 12, [1, 5, 6], 196, 0.4, 4, "onevision", official=True)
+    assert salient == [12] * 12
+    assert anchors == [7] + [17, 0, 0, 0, 17] + [0, 21, 0, 0, 0, 21]
+    assert anchor_offsets(6, 4) == [1, 5] and anchor_offsets(1, 4) == [0] and anchor_offsets(5, 1) == [0, 1, 2, 3, 4]
+    # frames holding exactly X anchors merge alone: one-frame segments, stride 1, and (X L) // A == X by chance
+    assert merges_alone([1, 5, 6], 19, 0.4, 4) == [True, False, False]
+    assert merges_alone([3, 5], 19, 0.4, 1) == [True, True]
+    assert merges_alone([3, 4], 3, 0.4, 2) == [True, False]  # X = 1: (1 * 3) // 2 = 1
+
+
+def test_llavavideo_counts():
+    # R = 16, a segment of 5: int(80 * 0.4) = 32 anchors over frames 0 and 4 (the last one more when odd), 48
+    # salient over 5 frames (the first ones one more)
+    salient, anchors = allocate([16] * 5, [5], 169, 0.4, 4, "llavavideo", official=True)
+    assert salient == [10, 10, 10, 9, 9] and anchors == [16, 0, 0, 0, 16]
+    salient, anchors = allocate([42] * 6, [6], 169, 0.4, 4, "llavavideo", official=True)
+    assert salient == [26, 26, 25, 25, 25, 25] and anchors == [0, 50, 0, 0, 0, 50]  # int(252 * .4) = 100
+    assert spread(7, 3, extra_last=True) == [2, 2, 3] and spread(7, 3, extra_last=False) == [3, 2, 2]
+
+
+def test_anchors_beyond_a_frame_spill_over_the_segment():
+    """Where the official code raises (more anchors than an anchor frame's non-salient tokens), the extra go to
+    the segment's other frames, spread evenly (the extra ones to the latest); the count is the official rule's."""
+    salient, anchors = allocate([12] * 4, [4], 16, 0.5, 4, "onevision", official=True)
+    assert salient == [6] * 4 and sum(anchors) == 24 and anchors == [4, 5, 5, 10]
+    assert fill(7, [5, 1, 5]) == ([3, 1, 3], 0) and fill(20, [5, 1, 5]) == ([5, 1, 5], 9)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the official merge rules, restated token by token
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def expected_features(x, out, scores, fork, context_share=0.4, anchor_stride=4, beta=0.6):
+    """Each output token from the official rules, restated in plain loops: salient tokens as they are; for each
+    anchor frame f of a segment (each frame alone where the official code merges alone), every candidate token
+    joins f's most similar anchor; an anchor is w a + (1 - w) mean(members), w = max(1 / (n + 1), beta)."""
     t_, h, w = out.grid
     n = h * w
-    per = split(len(out), out.info["segments"], n, context_share)
+    flat = x.reshape(-1, x.shape[-1]).double()
+    unit = ops.normalize(flat)
+    lengths = out.info["segments"]
+    retain = [out.info["per_frame"]] * t_
+    salient_n, _ = allocate(retain, lengths, n, context_share, anchor_stride, fork, official=True)
     order = torch.sort(scores.reshape(t_, n), dim=1, descending=True, stable=True).indices
-    salient = torch.cat([t * n + order[t, : per[t]] for t in range(t_)]).sort().values
-    reps = reps_of(out)
-    anchors = reps[~torch.isin(reps, salient)]
-    return salient, anchors
+    salient = set(torch.cat([t * n + order[t, : salient_n[t]] for t in range(t_)]).tolist())
+    reps = reps_of(out).tolist()
+    anchors = [r for r in reps if r not in salient]
+    alone = merges_alone(lengths, retain[0], context_share, anchor_stride) if fork == "onevision" else [False] * len(lengths)
+    want = {r: flat[r] for r in reps}
+    start = 0
+    for length, own in zip(lengths, alone):
+        for f in range(start, start + length):
+            mine = [a for a in anchors if a // n == f]
+            if not mine:
+                continue
+            frames = [f] if own else range(start, start + length)
+            cands = [i for g in frames for i in range(g * n, (g + 1) * n) if i not in salient]
+            if fork == "llavavideo":
+                cands = [i for i in cands if i not in mine]
+            members = {a: [] for a in mine}
+            for i in cands:
+                members[mine[int((unit[mine] @ unit[i]).argmax())]].append(i)
+            for a, m in members.items():
+                if m:
+                    wa = max(1 / (len(m) + 1), beta)
+                    want[a] = wa * flat[a] + (1 - wa) * flat[m].mean(0)
+        start += length
+    return torch.stack([want[r] for r in reps])
 
 
-def segment_of(lengths):
-    return torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# budget and token model
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("retention", [0.01, 0.02, 0.05, 0.1, 0.25])
-def test_exact_budget(video, retention):
-    x, scores = video
-    out = framepress.compress(x, "fastvid", retention, scores=scores)
-    out.check()
-    assert len(out) == budget_of(x, retention)
-    assert out.info["salient"] + out.info["context"] == len(out)
-    assert sum(out.info["segments"]) == T
-    reps = reps_of(out)
-    assert bool((reps[1:] > reps[:-1]).all()), "output in (t, y, x) order"
-    assert torch.equal(out.source[reps], torch.arange(len(out))), "a representative goes into its own token"
-    assert out.features.dtype == x.dtype
-
-
-@pytest.mark.parametrize("retention", [0.5, 0.75, 1.0])
-def test_high_retention_spills_context_over_the_segment_and_stays_exact(video, retention):
-    x, scores = video
-    out = framepress.compress(x, "fastvid", retention, scores=scores, min_segments=2)
-    out.check()
-    assert len(out) == budget_of(x, retention)
-    _, anchors = salient_and_anchors(out, scores)
-    spilled = not set((anchors // N).tolist()) <= anchor_frames(out.info["segments"], 4)
-    assert spilled == (retention > 0.5), "context slots the anchor frames cannot hold go to other frames"
-    if retention == 1.0:
-        assert torch.equal(out.source, torch.arange(T * N))
-        assert torch.equal(out.features, x.reshape(-1, C))
-
-
-def test_registry_entry():
-    spec = registry.get("fastvid")
-    assert spec.budget == "exact" and spec.stage == "pre-llm" and not spec.query_aware
-    assert spec.required == ("scores",)
-    assert spec.params["min_segments"] == 8 and spec.params["tau"] == 0.9 and spec.params["context_share"] == 0.4
-    assert spec.params["anchor_stride"] == 4 and spec.params["beta"] == 0.6 and spec.params["k"] == 4
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_dtypes(video, dtype):
-    x, scores = video
-    out = framepress.compress(x.to(dtype), "fastvid", 0.1, scores=scores)
-    out.check()
-    assert len(out) == budget_of(x, 0.1) and out.features.dtype == dtype
-
-
-def test_determinism(video):
-    x, scores = video
-    a = framepress.compress(x, "fastvid", 0.05, scores=scores)
-    b = framepress.compress(x.clone(), "fastvid", 0.05, scores=scores.clone())
-    assert torch.equal(a.features, b.features) and torch.equal(a.source, b.source)
-    assert torch.equal(a.boxes, b.boxes) and a.info == b.info
-
-
-def test_norm_scores(video):
-    x, _ = video
-    out = framepress.compress(x, "fastvid", 0.1, scores="norm")
-    same = framepress.compress(x, "fastvid", 0.1, scores=x.norm(dim=-1))
-    assert torch.equal(out.source, same.source)
+@pytest.mark.parametrize("fork", ["onevision", "llavavideo"])
+@pytest.mark.parametrize("anchor_stride", [4, 2, 1])
+def test_merge_rules_restated(fork, anchor_stride):
+    x = synthetic(16, 6, 7, 8, seed=5)
+    scores = torch.rand(16, 6, 7, generator=torch.Generator().manual_seed(2))
+    out = framepress.compress(
+        x, "fastvid", 0.3, scores=scores, min_segments=2, fork=fork, anchor_stride=anchor_stride, tau=-1.0
+    )
+    assert max(out.info["segments"]) > anchor_stride, "some segment has several anchor frames"
+    got = expected_features(x, out, scores, fork, anchor_stride=anchor_stride)
+    torch.testing.assert_close(out.features.double(), got, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# DySeg
+# budgets
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_official_undershoot_on_the_golden_inputs():
+    """The official rule keeps fewer tokens than the budget (numbers in the module docstring)."""
+    clip = load("in_t32_14_c64_static.npz")
+    long = load("in_t64_13_c64_video.npz")
+    counts = {
+        (name, r, fork): len(framepress.compress(v["x"], "fastvid", r, scores=v["scores"], fork=fork))
+        for name, v, r in (("32x14x14", clip, 0.1), ("32x14x14", clip, 0.02), ("64x13x13", long, 0.1))
+        for fork in ("onevision", "llavavideo")
+    }
+    assert counts == {
+        ("32x14x14", 0.1, "onevision"): 607, ("32x14x14", 0.1, "llavavideo"): 608,  # of 627
+        ("32x14x14", 0.02, "onevision"): 95, ("32x14x14", 0.02, "llavavideo"): 96,  # of 125
+        ("64x13x13", 0.1, "onevision"): 1024, ("64x13x13", 0.1, "llavavideo"): 1024,  # of 1082
+    }
+    exact = framepress.compress(clip["x"], "fastvid", 0.02, scores=clip["scores"], allocation="exact")
+    assert len(exact) == 125
+
+
+small = st.tuples(st.integers(1, 10), st.integers(1, 6), st.integers(1, 6), st.integers(1, 5))
+PROPS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPS
+@given(
+    shape=small,
+    seed=st.integers(0, 10_000),
+    retention=st.floats(0.001, 1.0),
+    fork=st.sampled_from(["onevision", "llavavideo"]),
+    min_segments=st.integers(1, 6),
+    anchor_stride=st.integers(1, 5),
+    context_share=st.sampled_from([0.0, 0.4, 0.5, 1.0]),
+    kind=st.sampled_from(["smooth", "levels"]),
+)
+def test_exact_allocation_returns_the_budget(shape, seed, retention, fork, min_segments, anchor_stride, context_share, kind):
+    t, h, w, c = shape
+    g = torch.Generator().manual_seed(seed)
+    x = synthetic(t, h, w, c, seed=seed) if kind == "smooth" else torch.randint(-1, 2, (t, h, w, c), generator=g).float()
+    scores = torch.rand(t, h, w, generator=g)
+    params = dict(scores=scores, fork=fork, min_segments=min_segments, anchor_stride=anchor_stride, context_share=context_share)
+    budget = max(1, round(retention * t * h * w))
+    exact = framepress.compress(x, "fastvid", retention, allocation="exact", **params)
+    exact.check()
+    assert len(exact) == budget
+    assert exact.info["salient"] + exact.info["context"] == budget
+    official = framepress.compress(x, "fastvid", retention, **params)
+    official.check()
+    assert len(official) <= budget
+    # with R + 1 or R tokens a frame, each frame keeps at least its official salient tokens, the same segments
+    assert exact.info["segments"] == official.info["segments"]
+    if budget % t == 0 and (fork == "llavavideo" or anchor_stride == 1):  # no official floor to make up
+        assert torch.equal(exact.features, official.features) and torch.equal(exact.source, official.source)
+
+
+@PROPS
+@given(shape=small, seed=st.integers(0, 10_000), retention=st.floats(0.001, 1.0), fork=st.sampled_from(["onevision", "llavavideo"]))
+def test_exact_salient_tokens_are_each_frames_top_tokens_kept_as_they_are(shape, seed, retention, fork):
+    t, h, w, c = shape
+    n = h * w
+    x = synthetic(t, h, w, c, seed=seed)
+    scores = torch.rand(t, h, w, generator=torch.Generator().manual_seed(seed))
+    out = framepress.compress(x, "fastvid", retention, scores=scores, fork=fork, allocation="exact", min_segments=2)
+    budget = max(1, round(retention * t * n))
+    retain = [budget * (f + 1) // t - budget * f // t for f in range(t)]
+    salient_n, anchors_n = allocate(retain, out.info["segments"], n, 0.4, 4, fork, official=False)
+    assert sum(salient_n) + sum(anchors_n) == budget
+    order = torch.sort(scores.reshape(t, n), dim=1, descending=True, stable=True).indices
+    salient = torch.cat([f * n + order[f, : salient_n[f]] for f in range(t)])
+    slots = out.source[salient]
+    assert bool((slots >= 0).all()) and bool((out.sizes[slots] == 1).all())
+    assert torch.equal(out.features[slots], x.reshape(-1, c)[salient])
+    assert torch.equal(torch.bincount(reps_of(out) // n, minlength=t), torch.tensor(salient_n) + torch.tensor(anchors_n))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# where the official code raises
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fork", ["onevision", "llavavideo"])
+def test_no_anchor_slot_keeps_the_salient_tokens_only(video, fork):
+    x, scores = video
+    out = framepress.compress(x, "fastvid", 0.01, scores=scores, fork=fork)  # R = 1 (2 tokens: R = 2), no anchor
+    out.check()
+    assert out.info["context"] == 0 and bool((out.sizes == 1).all())
+    assert len(out) == T * (round(0.01 * T * N) // T)
+    none = framepress.compress(x, "fastvid", 0.1, scores=scores, fork=fork, context_share=0.0)
+    assert none.info["context"] == 0 and len(none) == T * 19
+
+
+@pytest.mark.parametrize("fork", ["onevision", "llavavideo"])
+def test_high_retention_spills_and_stays_valid(fork):
+    x = synthetic(16, 7, 6, 8, seed=1)
+    scores = torch.rand(16, 7, 6, generator=torch.Generator().manual_seed(0))
+    for retention in (0.5, 0.75, 1.0):
+        out = framepress.compress(x, "fastvid", retention, scores=scores, fork=fork, min_segments=2, tau=-1.0)
+        out.check()
+        assert len(out) <= round(retention * 16 * 42)
+        exact = framepress.compress(x, "fastvid", retention, scores=scores, fork=fork, min_segments=2, tau=-1.0, allocation="exact")
+        assert len(exact) == round(retention * 16 * 42)
+    assert torch.equal(exact.features, x.reshape(-1, 8)) and torch.equal(exact.source, torch.arange(16 * 42))
+
+
+def test_zero_per_frame_slots_use_the_exact_split(video):
+    x, scores = video
+    out = framepress.compress(x, "fastvid", 3 / (T * N), scores=scores)  # 3 tokens for 8 frames: R = 0
+    assert len(out) == 3 and out.boxes[:, 0].tolist() == [2, 5, 7]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DySeg and the global features
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def test_dyseg_cuts_at_a_hard_scene_cut():
     x = synthetic(16, H, W, C, seed=0, cuts=(0.5,))
     scores = torch.rand(16, H, W, generator=torch.Generator().manual_seed(0))
-    # only the tau rule: the one transition below 0.9 is the scene cut
     out = framepress.compress(x, "fastvid", 0.1, scores=scores, min_segments=1)
     assert out.info["segments"] == [8, 8]
-    # the defaults (at least 8 segments): the scene cut is one of the boundaries
     lengths = framepress.compress(x, "fastvid", 0.1, scores=scores).info["segments"]
     assert len(lengths) >= 8 and 8 in torch.tensor(lengths).cumsum(0).tolist()
-    x3 = synthetic(32, H, W, C, seed=1)  # scene cuts at frames 10 and 21
-    bounds = torch.tensor(segment_lengths(frame_features(x3), 8, 0.9)).cumsum(0).tolist()
-    assert {10, 21} <= set(bounds)
 
 
 def test_dyseg_rule():
-    # transitions' cosines: frame i vs i+1 of features at angles; the lowest c-1 and every one below tau are cut
     angles = torch.tensor([0.0, 0.1, 0.25, 1.2, 1.3, 1.36, 2.5, 2.62])  # steps .1 .15 .95 .1 .06 1.14 .12
     g = torch.stack([angles.cos(), angles.sin()], 1)
     assert segment_lengths(g, 1, 0.9) == [3, 3, 2]  # below tau: the steps of .95 and 1.14
@@ -157,205 +352,67 @@ def test_dyseg_rule():
     assert segment_lengths(g, 4, -1.0) == [2, 1, 3, 2]  # the 3 lowest
     u, v = torch.tensor([1.0, 0.0]), torch.tensor([0.6, 0.8])
     assert segment_lengths(torch.stack([u, v, u, v]), 2, -1.0) == [1, 3]  # tied transitions: the earliest
-    assert segment_lengths(g, 100, 0.9) == [1] * 8  # more segments asked than frames: every frame its own
+    assert segment_lengths(g, 100, 0.9) == [1] * 8  # fewer frames than c (the official code raises): all cut
     assert segment_lengths(g[:1], 8, 0.9) == [1]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# STPrune: salient tokens, anchors, merging
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def test_salient_tokens_are_each_frames_top_tokens(video):
+def test_frame_features_drive_dyseg_only(video):
     x, scores = video
-    out = framepress.compress(x, "fastvid", 0.1, scores=scores, context_share=0.0)
-    assert out.info["context"] == 0
-    reps = reps_of(out)
-    per = torch.bincount(reps // N, minlength=T)
-    bounds = [0, *torch.tensor(out.info["segments"]).cumsum(0).tolist()]
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        assert int(per[a:b].max() - per[a:b].min()) <= 1, "salient tokens spread evenly over a segment"
-    for t in range(T):
-        top = torch.sort(scores[t].reshape(-1), descending=True, stable=True).indices[: int(per[t])]
-        assert sorted((t * N + top).tolist()) == reps[reps // N == t].tolist()
-    assert bool((out.sizes == 1).all()) and torch.equal(out.features, x.reshape(-1, C)[reps])
-    # with the default share every frame still keeps its top tokens, untouched
-    out = framepress.compress(x, "fastvid", 0.1, scores=scores)
-    salient, anchors = salient_and_anchors(out, scores)
-    assert salient.numel() == out.info["salient"] and anchors.numel() == out.info["context"]
-    slots = out.source[salient]
-    assert bool((slots >= 0).all()) and bool((out.sizes[slots] == 1).all())
-    assert torch.equal(out.features[slots], x.reshape(-1, C)[salient])
+    default = framepress.compress(x, "fastvid", 0.1, scores=scores)
+    same = framepress.compress(x, "fastvid", 0.1, scores=scores, frame_features=frame_features(x))
+    assert torch.equal(default.features, same.features) and default.info == same.info
+    # a global feature with one sharp change: the cut lands there, the per-segment rules follow
+    g = torch.zeros(T, 3)
+    g[:5, 0], g[5:, 1] = 1.0, 1.0
+    out = framepress.compress(x, "fastvid", 0.1, scores=scores, frame_features=g, min_segments=1)
+    assert out.info["segments"] == [5, 3]
 
 
-def anchor_frames(lengths, stride):
-    frames, start = set(), 0
-    for length in lengths:
-        frames |= set(range(start + length - 1, start - 1, -stride))
-        start += length
-    return frames
+# ---------------------------------------------------------------------------------------------------------------
+# registry, dtypes, determinism, degenerate inputs, errors
+# ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("retention", [0.05, 0.1, 0.25])
-def test_anchors_are_density_peaks_of_anchor_frames(retention):
-    x = synthetic(24, H, W, C, seed=5)
-    scores = torch.rand(24, H, W, generator=torch.Generator().manual_seed(2))
-    out = framepress.compress(x, "fastvid", retention, scores=scores, min_segments=3)
-    assert max(out.info["segments"]) > 4, "some segment has several anchor frames"
-    salient, anchors = salient_and_anchors(out, scores)
-    frames = anchor_frames(out.info["segments"], 4)
-    assert set((anchors // N).tolist()) <= frames
-    seg = segment_of(out.info["segments"])
-    per = torch.bincount(anchors // N, minlength=24)
-    for s in range(len(out.info["segments"])):
-        counts = per[[f for f in sorted(frames) if seg[f] == s]]
-        assert int(counts.max() - counts.min()) <= 1, "context slots spread evenly over a segment's anchor frames"
-    flat = x.reshape(-1, C)
-    is_salient = torch.zeros(24 * N, dtype=torch.bool)
-    is_salient[salient] = True
-    for t in sorted(set((anchors // N).tolist())):
-        local = torch.nonzero(~is_salient[t * N : (t + 1) * N]).squeeze(1) + t * N
-        distances = torch.cdist(flat[local].double(), flat[local].double()) / math.sqrt(C)
-        want = anchors[anchors // N == t]
-        centers, _ = ops.dpc_knn(distances, want.numel(), k=4)
-        assert local[centers].tolist() == want.tolist()
+def test_registry_entry():
+    spec = registry.get("fastvid")
+    assert spec.budget == "steps" and spec.stage == "pre-llm" and not spec.query_aware
+    assert spec.required == ("scores",)
+    assert spec.params == {
+        "scores": spec.params["scores"], "min_segments": 8, "tau": 0.9, "context_share": 0.4, "anchor_stride": 4,
+        "beta": 0.6, "k": 4, "fork": "onevision", "allocation": "official", "frame_features": None,
+    }
 
 
-@pytest.mark.parametrize("beta", [0.6, 0.3, 0.0, 1.0])
-def test_each_token_is_the_beta_blend_of_its_anchor_and_members(video, beta):
-    """Every output token equals beta' * rep + (1 - beta') * mean(members), beta' = max(beta, 1/(n+1)), n its
-    members (the representative included): for a salient token (n = 1) that is itself."""
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dtypes(video, dtype):
     x, scores = video
-    out = framepress.compress(x, "fastvid", 0.1, scores=scores, beta=beta, min_segments=3)
-    flat = x.reshape(-1, C).double()
-    reps = reps_of(out)
-    assert int((out.sizes > 1).sum()) > 0
-    for i in range(len(out)):
-        members = torch.nonzero(out.source == i).squeeze(1)
-        n = members.numel()
-        w = max(beta, 1 / (n + 1))
-        want = w * flat[reps[i]] + (1 - w) * flat[members].mean(0)
-        torch.testing.assert_close(out.features[i].double(), want, rtol=1e-5, atol=1e-5)
-
-
-def test_merged_tokens_go_to_the_most_similar_anchor_of_their_own_segment(video):
-    x, scores = video
-    out = framepress.compress(x, "fastvid", 0.1, scores=scores, min_segments=3)
-    salient, anchors = salient_and_anchors(out, scores)
-    seg = segment_of(out.info["segments"]).repeat_interleave(N)
-    reps = reps_of(out)
-    is_salient = torch.zeros(T * N, dtype=torch.bool)
-    is_salient[salient] = True
-    assert torch.equal(out.source[salient], torch.searchsorted(reps, salient)), "salient tokens stay alone"
-    others = torch.nonzero(~is_salient).squeeze(1)
-    unit = ops.normalize(x.reshape(-1, C).double())
-    for i in others.tolist():
-        seg_anchors = anchors[seg[anchors] == seg[i]]
-        if seg_anchors.numel() == 0:
-            assert out.source[i] == -1
-            continue
-        assert out.source[i] >= 0
-        target = reps[out.source[i]]
-        assert target in seg_anchors, "a merged token goes into an anchor of its own segment"
-        if target == i:
-            continue  # an anchor is its own
-        cos = unit[seg_anchors] @ unit[i]
-        assert float(unit[target] @ unit[i]) >= float(cos.max()) - 1e-6, "not its most similar anchor"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the split of the budget
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def test_split_helpers():
-    assert even_split(5, 4) == [1, 1, 1, 2] and even_split(0, 3) == [0, 0, 0] and even_split(9, 3) == [3, 3, 3]
-    assert fill(7, [5, 1, 5]) == ([3, 1, 3], 0)
-    assert fill(2, [5, 5, 5]) == ([1, 1, 0], 0)
-    assert fill(20, [5, 1, 5]) == ([5, 1, 5], 9)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        n = int(torch.randint(1, 30, (1,), generator=g))
-        lengths = torch.randint(1, 7, (int(torch.randint(1, 8, (1,), generator=g)),), generator=g).tolist()
-        total = sum(lengths)
-        budget = int(torch.randint(1, total * n + 1, (1,), generator=g))
-        share, stride = float(torch.rand(1, generator=g)), int(torch.randint(1, 6, (1,), generator=g))
-        salient, anchors = allocate(budget, lengths, n, share, stride)
-        assert sum(salient) + sum(anchors) == budget
-        assert all(s + a <= n for s, a in zip(salient, anchors))
-        assert salient == split(budget, lengths, n, share)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# degenerate inputs
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def run(x, budget, **params):
-    params.setdefault("scores", torch.rand(x.shape[:3], generator=torch.Generator().manual_seed(7)))
-    out = registry.get("fastvid").fn(x, budget, **params)
+    out = framepress.compress(x.to(dtype), "fastvid", 0.1, scores=scores)
     out.check()
-    assert len(out) == budget
-    return out
+    assert len(out) == len(framepress.compress(x, "fastvid", 0.1, scores=scores)) and out.features.dtype == dtype
 
 
-def test_budget_below_the_number_of_frames_and_segments(video):
-    x, _ = video
-    for budget in range(1, 2 * T + 1):
-        out = run(x, budget)
-        assert len(out.info["segments"]) == 8
-        if budget <= T:  # one token in as many frames, spread evenly over the video
-            assert torch.bincount(out.boxes[:, 0], minlength=T).max() == 1
-    out = run(x, 3)
-    assert out.boxes[:, 0].tolist() == [2, 5, 7]
+def test_determinism_and_norm_scores(video):
+    x, scores = video
+    a = framepress.compress(x, "fastvid", 0.05, scores=scores)
+    b = framepress.compress(x.clone(), "fastvid", 0.05, scores=scores.clone())
+    assert torch.equal(a.features, b.features) and torch.equal(a.source, b.source) and a.info == b.info
+    out = framepress.compress(x, "fastvid", 0.1, scores="norm")
+    assert torch.equal(out.source, framepress.compress(x, "fastvid", 0.1, scores=x.norm(dim=-1)).source)
 
 
-def test_single_frame_and_tiny_grids():
-    g = torch.Generator().manual_seed(0)
-    one = torch.randn(1, 5, 6, 4, generator=g)
-    for budget in (1, 2, 7, 15, 30):
-        assert run(one, budget).info["segments"] == [1]
-    for shape in ((8, 1, 1, 3), (8, 1, 5, 3), (5, 4, 1, 3), (1, 1, 1, 3)):
-        x = torch.randn(*shape, generator=g)
-        for budget in sorted({1, shape[0], shape[0] * shape[1] * shape[2] // 2 or 1, shape[0] * shape[1] * shape[2]}):
-            run(x, budget)
-
-
-def test_identical_tokens():
+def test_identical_tokens_and_tiny_grids():
     same = torch.ones(6, 4, 4, 8)
-    for budget in (1, 5, 10, 48, 96):
-        out = run(same, budget, scores=torch.ones(6, 4, 4))
-        assert torch.equal(out.features, torch.ones(budget, 8))
-    zeros = torch.zeros(6, 4, 4, 8)
-    out = run(zeros, 20, scores="norm")
-    assert torch.equal(out.features, torch.zeros(20, 8))
-
-
-def test_segments_without_context_slots_drop_their_other_tokens(video):
-    x, scores = video
-    # 2 tokens a frame: floor(0.4 * 2) = 0 context in every one-frame segment
-    out = run(x, 2 * T, scores=scores)
-    assert out.info["context"] == 0 and out.info["segments"] == [1] * 8
-    assert int((out.source >= 0).sum()) == 2 * T and bool((out.sizes == 1).all())
-    # no context share at all: nothing merged, whatever the segments
-    out = run(x, 100, scores=scores, context_share=0.0, min_segments=2)
-    assert out.info["context"] == 0 and int((out.source >= 0).sum()) == 100
-    # only context: no salient tokens, every token of a segment with anchors goes somewhere
-    out = run(x, 40, scores=scores, context_share=1.0, min_segments=2)
-    assert out.info["salient"] == 0 and bool((out.source >= 0).all())
-
-
-def test_anchor_stride_one_and_huge(video):
-    x, scores = video
-    for stride in (1, 2, 100):
-        out = run(x, 100, scores=scores, anchor_stride=stride, min_segments=2)
-        _, anchors = salient_and_anchors(out, scores)
-        assert set((anchors // N).tolist()) <= anchor_frames(out.info["segments"], stride)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# errors
-# ---------------------------------------------------------------------------------------------------------------
+    for retention in (0.1, 0.5, 1.0):
+        for allocation in ("official", "exact"):
+            out = framepress.compress(same, "fastvid", retention, scores=torch.ones(6, 4, 4), allocation=allocation)
+            out.check()
+            assert torch.equal(out.features, torch.ones(len(out), 8))
+    g = torch.Generator().manual_seed(0)
+    for shape in ((1, 5, 6, 4), (8, 1, 1, 3), (8, 1, 5, 3), (5, 4, 1, 3), (1, 1, 1, 3)):
+        x = torch.randn(*shape, generator=g)
+        for retention in (1e-3, 0.3, 1.0):
+            for fork in ("onevision", "llavavideo"):
+                framepress.compress(x, "fastvid", retention, scores="norm", fork=fork).check()
 
 
 def test_errors(video):
@@ -364,27 +421,18 @@ def test_errors(video):
         framepress.compress(x, "fastvid", 0.1)
     with pytest.raises(ValueError, match=r"scores must have shape \[T, H, W\]"):
         framepress.compress(x, "fastvid", 0.1, scores=torch.rand(T, N))
-    with pytest.raises(TypeError, match="scores"):
-        framepress.compress(x, "fastvid", 0.1, scores=[1.0, 2.0])
-    with pytest.raises(ValueError, match="scores"):
-        framepress.compress(x, "fastvid", 0.1, scores="attention")
     with pytest.raises(ValueError, match="needs a retention"):
         framepress.compress(x, "fastvid", scores=scores)
     for name, value in [
-        ("min_segments", 0),
-        ("tau", 1.5),
-        ("tau", float("nan")),
-        ("context_share", -0.1),
-        ("context_share", 1.01),
-        ("anchor_stride", 0),
-        ("beta", 1.5),
-        ("k", 0),
+        ("min_segments", 0), ("tau", 1.5), ("tau", float("nan")), ("context_share", 1.01), ("anchor_stride", 0),
+        ("beta", 1.5), ("k", 0), ("fork", "qwen"), ("allocation", "floor"),
     ]:
         with pytest.raises(ValueError, match=name):
             framepress.compress(x, "fastvid", 0.1, scores=scores, **{name: value})
-    with pytest.raises(TypeError, match="min_segments"):
-        framepress.compress(x, "fastvid", 0.1, scores=scores, min_segments=2.5)
-    with pytest.raises(ValueError, match="budget"):
-        registry.get("fastvid").fn(x, T * N + 1, scores=scores)
+    with pytest.raises(TypeError, match="frame_features"):
+        framepress.compress(x, "fastvid", 0.1, scores=scores, frame_features=[[1.0]])
+    for bad in (torch.rand(T + 1, 4), torch.rand(T), torch.full((T, 4), float("nan")), torch.ones(T, 4, dtype=torch.long)):
+        with pytest.raises(ValueError, match="frame_features"):
+            framepress.compress(x, "fastvid", 0.1, scores=scores, frame_features=bad)
     with pytest.raises(ValueError, match="unknown parameter"):
         framepress.compress(x, "fastvid", 0.1, scores=scores, DySeg_c=8)

@@ -1,36 +1,56 @@
 """FastVID: dynamic density pruning (Shen et al., NeurIPS 2025; specs/baselines.md §3), after its official code
-(LunarShen/FastVID, ``modeling_qwen2.py``).
+(LunarShen/FastVID at a40a109, ``Qwen2Model.forward`` in ``LLaVA-NeXT/llava/model/language_model/
+modeling_qwen2.py`` of the ``fastvid_llavaonevision`` fork, lines 902-1068, and of the ``fastvid_llavavideo``
+fork, lines 894-1085). By default the output equals the official code's, token for token (tests/data/fastvid).
 
 1. DySeg: t_i = cosine of the global features of frames i and i+1; the video is cut at the ``min_segments - 1``
-   lowest transitions and at every transition below ``tau``, into contiguous segments.
-2. STPrune, per segment: its share of the budget by frame count, ``context_share`` of that for context tokens
-   (DTM), the rest for salient tokens (ATS).
-   - ATS: the salient tokens are spread evenly over the segment's frames; each frame keeps its tokens of highest
-     vision-encoder saliency.
-   - DTM: the context slots are spread over the anchor frames, every ``anchor_stride``-th frame counted from the
-     segment's end. In each anchor frame DPC-KNN (ops.dpc_knn, distances ||xi - xj|| / sqrt(C), k = 4) over its
-     non-salient tokens picks the anchors. Every non-salient token of the segment, in any of its frames, joins
-     its most cosine-similar anchor of the segment, and each anchor becomes beta' * anchor + (1 - beta') *
-     mean(members), beta' = max(beta, 1 / (n + 1)).
-   Salient tokens are kept as they are and anchors sit at their own position: output in (t, y, x) order.
+   lowest transitions and at every transition below ``tau``, into contiguous segments. The global feature is
+   SigLIP's attention-pooling (MAP) head output when given (``frame_features``), else the frame's mean token.
+2. STPrune. Each frame keeps R = int(r * H*W) tokens' worth of slots; ``context_share`` d of them are context
+   (anchor) slots, pooled per segment onto its anchor frames (every ``anchor_stride``-th frame counted back from
+   the segment's last frame), the rest are salient slots.
+   - ATS: each frame keeps its salient tokens of highest vision-encoder saliency (``scores``).
+   - DTM: in each anchor frame DPC-KNN (distances ||xi - xj|| / sqrt(C), density from the k = 4 nearest) over
+     its non-salient tokens picks the anchors. For each anchor frame, every non-salient token of the segment
+     joins that frame's most cosine-similar anchor, so with several anchor frames a token feeds one anchor in
+     each; an anchor becomes w * anchor + (1 - w) * mean(members), w = max(1 / (members + 1), beta).
+   Salient tokens are kept as they are; every token sits at its own position: output in (t, y, x) order.
 
-Deviations from the official code, each for the library's contracts or its inputs:
+The two forks (``fork``) differ in the counts and in who merges:
 
-- Global feature: the official code re-attaches SigLIP's attention-pooling (MAP) head, which the HF LLaVA
-  checkpoints do not ship; here a frame's global feature is the mean of its tokens.
-- Exact budget: the official code floors per frame (floor(r * H*W) a frame, floor(d * that) of it context, the
-  context slots floored per anchor frame) and lands under r * T*H*W. Here segment [a, b) gets
-  floor(B*b/T) - floor(B*a/T) tokens (by frame count, summing to B), floor(context_share * that) of them
-  context; salient and context slots are spread evenly (the extra ones to later frames). Anchor frames hold at
-  most their non-salient tokens: the context slots they cannot hold (from about 45% retention with the
-  defaults, where the official code fails) go to the segment's other frames, latest first.
-- One output per input token: the official code assigns each token of a segment once per anchor frame (to the
-  nearest anchor of each), so one token feeds several anchors; here it joins its single most similar anchor of
-  the segment, as the spec describes. An anchor's members include the anchor itself (its own most
-  similar anchor, as in the official code), so n >= 1 and an anchor nothing else joined stays itself. With
-  ``anchor_stride=1`` the official code merges within each frame only; here the rule above still holds.
-- Ties go to the lower index (salient top-k, DPC-KNN density, lowest transitions, most similar anchor) instead
-  of ``torch.topk`` order and the official 1e-6 random noise, so the output is deterministic.
+- ``"onevision"`` (the generic code): every frame has S = R - int(R * d) salient slots; a segment of L frames
+  with A anchor frames gives each of them (X * L) // A anchors, X = R - S. Frames holding exactly X anchors (a
+  one-frame segment, every frame when ``anchor_stride=1``) merge only their own tokens; an anchor is one of its
+  own members.
+- ``"llavavideo"`` (hard-coded there to 64 frames of 13 x 13 with row newlines; here any grid, no newlines): a
+  segment has int(R * L * d) anchors and R * L - that salient tokens, both spread over its frames with remainders
+  (salient: the first frames one more; anchors: the anchor frames, the last ones one more); for each anchor frame
+  the segment's tokens that are neither salient nor that frame's anchors join its anchors, so an anchor is not
+  in its own mean.
+
+Budget (``allocation``): ``"official"`` keeps the official count, at most the budget B = round(r * T*H*W):
+it floors R per frame and the anchors per segment. R is read off the budget as B // T, which is int(r * H*W)
+unless r * H*W lies within 0.5 / T below an integer (the method sees B, not r). Measured (visible golden inputs,
+default parameters, both global features): 32x14x14 at 10% keeps 604-608 of 627 (-3.6%); at 2% 96 of 125 (-23%:
+R = 3); 64x13x13 at 10% 1024 of 1082 (-5.4%, both forks). ``"exact"`` returns exactly B: frame t gets
+R_t = floor(B (t+1) / T) - floor(B t / T) (R or R + 1), each fork's rule forms the salient and anchor counts from
+those (its anchors spread over the anchor frames with remainders instead of floored), and the rest (segments,
+merge rules, which frames merge alone) is the official algorithm.
+
+Where the official code raises, a sensible result instead (documented, not official):
+
+- fewer frames than ``min_segments`` (``torch.topk`` of c - 1 of T - 1 transitions): every transition is cut;
+- no anchor slot (OneVision: int(R * d) = 0, e.g. R <= 2 at d = 0.4, argmax over no anchor; LLaVA-Video: a
+  segment with no salient or no anchor slot, ``torch.cat`` of nothing): the tokens that would merge are dropped;
+- more anchors than an anchor frame's non-salient tokens (from about r = 0.45 with multi-frame segments,
+  ``torch.topk`` out of range): the extra anchors are spread over the segment's other frames (the extra ones
+  to the latest);
+- R = 0 (r * H*W < 1: the official code would keep no token): the ``"exact"`` split;
+- every token asked for (r = 1): the input, unchanged (the official code raises for any multi-frame segment).
+
+Ties go to the lower index (salient top-k, DPC-KNN density, lowest transitions, most similar anchor) instead of
+``torch.topk`` order and the official 1e-6 density noise, so the output is deterministic. Bookkeeping: a token
+feeding several anchors has one ``source``, its most similar anchor of those.
 """
 
 from __future__ import annotations
@@ -44,10 +64,13 @@ from ..registry import register
 from ..tokens import Tokens
 from .unified import contribution
 
+FORKS = ("onevision", "llavavideo")
+ALLOCATIONS = ("official", "exact")
+
 
 def frame_features(x: torch.Tensor) -> torch.Tensor:
-    """[T, C] global feature of each frame: the mean of its tokens (stand-in for SigLIP's MAP head), computed a
-    chunk of frames at a time in the compute dtype."""
+    """[T, C] global feature of each frame: the mean of its tokens (the stand-in for SigLIP's MAP head), computed
+    a chunk of frames at a time in the compute dtype."""
     T, H, W, C = x.shape
     cd = ops.compute_dtype(x.dtype)
     g = torch.empty(T, C, dtype=cd, device=x.device)
@@ -58,7 +81,8 @@ def frame_features(x: torch.Tensor) -> torch.Tensor:
 
 def segment_lengths(global_features: torch.Tensor, min_segments: int, tau: float) -> list[int]:
     """DySeg: the lengths of the contiguous segments cut at the ``min_segments - 1`` lowest transition cosines
-    (ties: the earlier transition) and at every transition cosine below ``tau``."""
+    (ties: the earlier transition; all of them when there are fewer) and at every transition cosine below
+    ``tau``."""
     T = global_features.shape[0]
     if T == 1:
         return [1]
@@ -70,9 +94,12 @@ def segment_lengths(global_features: torch.Tensor, min_segments: int, tau: float
     return [b - a for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def even_split(total: int, parts: int) -> list[int]:
-    """``total`` over ``parts`` as evenly as integers allow, the extra ones spread towards the end; sums exactly."""
-    return [total * (i + 1) // parts - total * i // parts for i in range(parts)]
+def spread(total: int, parts: int, extra_last: bool) -> list[int]:
+    """``total`` over ``parts`` as the official code splits with remainders: quotient each, one more for the
+    first (or, ``extra_last``, the last) ``total % parts``."""
+    q, rem = divmod(total, parts)
+    extra = [1] * rem + [0] * (parts - rem)
+    return [q + e for e in (extra[::-1] if extra_last else extra)]
 
 
 def fill(total: int, caps: list[int]) -> tuple[list[int], int]:
@@ -95,29 +122,54 @@ def fill(total: int, caps: list[int]) -> tuple[list[int], int]:
     return got, total
 
 
+def anchor_offsets(length: int, stride: int) -> list[int]:
+    """The anchor frames of a segment (offsets, ascending): its last frame and every ``stride``-th before it."""
+    return list(range(length - 1, -1, -stride))[::-1]
+
+
 def allocate(
-    budget: int, lengths: list[int], per_frame: int, context_share: float, anchor_stride: int
+    retain: list[int], lengths: list[int], n: int, context_share: float, anchor_stride: int, fork: str, official: bool
 ) -> tuple[list[int], list[int]]:
-    """Salient and context (anchor) slots of each frame; they sum exactly to ``budget`` and each frame's two
-    counts fit its ``per_frame`` tokens."""
-    T = sum(lengths)
-    salient, anchors = [0] * T, [0] * T
-    start = 0
+    """Salient and anchor slots of each frame from each frame's retained count ``retain`` (official: R for all),
+    by the fork's rule (module notes). Anchors an anchor frame cannot hold (more than its non-salient tokens)
+    are spread over the segment's other frames (the extra ones to the latest)."""
+    salient, anchors, start = [], [0] * len(retain), 0
     for length in lengths:
-        end = start + length
-        seg_budget = budget * end // T - budget * start // T
-        n_context = min(seg_budget, math.floor(context_share * seg_budget + 1e-9))
-        salient[start:end] = even_split(seg_budget - n_context, length)
-        anchor_frames = list(range(end - 1, start - 1, -anchor_stride))
-        other_frames = [f for f in range(end - 1, start - 1, -1) if (end - 1 - f) % anchor_stride]
-        left = n_context
-        for frames in (anchor_frames, other_frames):
-            got, left = fill(left, [per_frame - salient[f] for f in frames])
-            for f, g in zip(frames, got):
-                anchors[f] = g
-        assert left == 0, "context slots exceed the segment's non-salient tokens"
-        start = end
+        seg = retain[start : start + length]
+        if fork == "onevision":
+            sal = [r - int(r * context_share) for r in seg]
+            context = sum(seg) - sum(sal)
+        else:
+            context = int(sum(seg) * context_share)
+            sal = spread(sum(seg) - context, length, extra_last=False)
+        frames = anchor_offsets(length, anchor_stride)
+        if official and fork == "onevision":
+            per = [context // len(frames)] * len(frames)
+        else:
+            per = spread(context, len(frames), extra_last=True)
+        ctx = [0] * length
+        for f, a in zip(frames, per):
+            ctx[f] = min(a, n - sal[f])
+        excess = sum(per) - sum(ctx)
+        if excess:
+            order = list(range(length - 1, -1, -1))
+            got, _ = fill(excess, [n - sal[f] - ctx[f] for f in order])
+            for f, g in zip(order, got):
+                ctx[f] += g
+        salient += sal
+        anchors[start : start + length] = ctx
+        start += length
     return salient, anchors
+
+
+def merges_alone(lengths: list[int], per_frame: int, context_share: float, anchor_stride: int) -> list[bool]:
+    """OneVision fork, per segment: whether its frames merge only their own tokens (the official single-frame
+    path, taken by frames whose anchor count equals X = int(R * d): one-frame segments, ``anchor_stride=1``, and
+    segments where (X * L) // A happens to equal X)."""
+    X = int(per_frame * context_share)
+    return [
+        anchor_stride == 1 or (X > 0 and X * L // len(anchor_offsets(L, anchor_stride)) == X) for L in lengths
+    ]
 
 
 def nearest_anchor(rows: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -146,21 +198,58 @@ def group_sums(rows: torch.Tensor, group: torch.Tensor, n_groups: int, scale: fl
     return total[:n_groups]
 
 
+def blend(rows: torch.Tensor, group: torch.Tensor, anchors: torch.Tensor, beta: float) -> torch.Tensor:
+    """[A, C] the merged anchors: w * anchor + (1 - w) * mean of the rows [M, C] in its group (``group`` [M] in
+    [0, A], A = none), w = max(1 / (members + 1), beta); an anchor with no member stays itself."""
+    A = anchors.shape[0]
+    sums = group_sums(rows, group, A)
+    count = torch.bincount(group, minlength=A + 1)[:A].to(sums.dtype)[:, None]
+    w = (1 / (count + 1)).clamp_min(beta)
+    a = anchors.to(sums.dtype)
+    if bool(torch.isfinite(sums).all()):
+        return w * a + (1 - w) * sums / count.clamp_min(1)
+    k = 2.0 ** math.frexp(rows.shape[0])[1]  # the sums overflowed: sum x / 2**k and blend in that scale
+    return (w * (a / k) + (1 - w) * group_sums(rows, group, A, k) / count.clamp_min(1)) * k
+
+
 def check(p: dict) -> dict:
-    """FastVID's parameter values (run at apply and at every call)."""
+    """FastVID's parameter values (run at apply and at every call); ``frame_features``' shape is checked
+    against the input in the method."""
     p["min_segments"] = checks.integer("min_segments", p["min_segments"], 1)
     p["tau"] = checks.number("tau", p["tau"], -1.0, 1.0)
     p["context_share"] = checks.number("context_share", p["context_share"], 0.0, 1.0)
     p["anchor_stride"] = checks.integer("anchor_stride", p["anchor_stride"], 1)
     p["beta"] = checks.number("beta", p["beta"], 0.0, 1.0)
     p["k"] = checks.integer("k", p["k"], 1)
+    p["fork"] = checks.choice("fork", p["fork"], FORKS)
+    p["allocation"] = checks.choice("allocation", p["allocation"], ALLOCATIONS)
+    g = p["frame_features"]
+    if g is not None:
+        if not isinstance(g, torch.Tensor):
+            raise TypeError(
+                "frame_features must be a [T, D] tensor (SigLIP's MAP-head output per frame) or None (the mean "
+                f"token of each frame), got {type(g).__name__}"
+            )
+        checks.plain_tensor(g, "frame_features")
     return p
+
+
+def global_features(x: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
+    """DySeg's [T, D] frame features: the given MAP-head features (checked against x), else the frame means."""
+    if given is None:
+        return frame_features(x)
+    T = x.shape[0]
+    if given.ndim != 2 or given.shape[0] != T or given.shape[1] == 0:
+        raise ValueError(f"frame_features must have shape [T, D] = [{T}, D], got {list(given.shape)}")
+    if not given.is_floating_point() or not bool(torch.isfinite(given).all()):
+        raise ValueError("frame_features must be finite floating-point values")
+    return given.to(x.device, ops.compute_dtype(given.dtype))
 
 
 @register(
     "fastvid",
     paper="Shen et al., FastVID: Dynamic Density Pruning for Fast Video Large Language Models, NeurIPS 2025 (arXiv 2503.11187)",
-    budget="exact",
+    budget="steps",
     check=check,
 )
 def fastvid(
@@ -174,24 +263,32 @@ def fastvid(
     anchor_stride: int = 4,
     beta: float = 0.6,
     k: int = 4,
+    fork: str = "onevision",
+    allocation: str = "official",
+    frame_features: torch.Tensor | None = None,
 ) -> Tokens:
-    """Dynamic segments, then per segment the most salient tokens of each frame plus density-picked anchors.
+    """Dynamic segments, then per segment the most salient tokens of each frame plus density-picked anchors that
+    absorb the rest.
 
     Args:
-        scores: [T, H, W] saliency of each token in the vision encoder (inside a model: supplied; FastVID's
-            official recipe is SigLIP's MAP-head probe attention, spec unified.md §4.2, or the Qwen-VL
-            pseudo-CLS score, §4.4), or "norm".
-        min_segments: DySeg c, the least number of segments (8): the c - 1 lowest transitions are always cut.
+        scores: [T, H, W] saliency of each token in the vision encoder: FastVID's is the probe attention of
+            SigLIP's MAP head, pooled like the features; inside a model framepress supplies the SigLIP
+            attention each token receives (a stand-in), or pass "norm".
+        min_segments: DySeg c (8): the c - 1 lowest transitions are always cut.
         tau: DySeg tau (0.9): every transition whose cosine is below it is cut too.
-        context_share: STPrune d (0.4), the share of a segment's budget for context tokens (anchors).
+        context_share: STPrune d (0.4), the share of the retained slots that are anchors.
         anchor_stride: DTM p (4): every p-th frame from a segment's end is an anchor frame.
         beta: DTM beta (0.6), the least weight of an anchor in its merged feature.
         k: neighbours of the DPC-KNN density (4, the point itself included).
+        fork: "onevision" (the official generic code, default) or "llavavideo" (the LLaVA-Video fork's counts
+            and merge); a model adapter cannot tell LLaVA-Video-hf from LLaVA-OneVision, so pass it there too.
+        allocation: "official" (the official counts, at most the budget: 3.6% under at 10% of 32x14x14, 23% at
+            2%, 5.4% at 10% of 64x13x13) or "exact" (exactly the budget, the official algorithm otherwise).
+        frame_features: [T, D] each frame's global feature for DySeg, FastVID's SigLIP MAP-head output; None:
+            the frame's mean token (the HF LLaVA checkpoints drop the head).
 
-    A frame's global feature (DySeg) is the mean of its tokens: the official SigLIP MAP head is not in the HF
-    checkpoints. The budget is exact (see the module notes for how it is split); a frame or a segment with no
-    slot keeps nothing, and a segment with no context slot drops its non-salient tokens. ``info``: the segment
-    lengths and the numbers of salient and context tokens.
+    ``info``: the segment lengths, R (the official per-frame count) and the numbers of salient and context
+    (anchor) tokens.
     """
     if budget is None:
         raise ValueError("fastvid needs a retention (its budget)")
@@ -199,38 +296,58 @@ def fastvid(
     n = H * W
     budget = checks.integer("budget", budget, 1, T * n)
     score = contribution(x, scores).reshape(T, n)
+    lengths = segment_lengths(global_features(x, frame_features), min_segments, tau)
+    if budget == T * n:
+        info = {"segments": lengths, "per_frame": n, "salient": T * n, "context": 0}
+        return Tokens.select(x, torch.arange(T * n, device=x.device), info)
+    per_frame = budget // T
+    official = allocation == "official" and per_frame > 0
+    retain = [per_frame] * T if official else [budget * (t + 1) // T - budget * t // T for t in range(T)]
+    n_salient, n_anchors = allocate(retain, lengths, n, context_share, anchor_stride, fork, official)
+    if fork == "onevision":
+        alone = merges_alone(lengths, per_frame, context_share, anchor_stride)
+    else:
+        alone = [False] * len(lengths)
     dev = x.device
     flat = x.reshape(T * n, C)
-    lengths = segment_lengths(frame_features(x), min_segments, tau)
-    n_salient, n_anchors = allocate(budget, lengths, n, context_share, anchor_stride)
 
     # ATS: each frame's top tokens by saliency (ties: the lower index)
     order = torch.sort(score, dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=dev).expand(T, n))
-    salient = rank < torch.tensor(n_salient, device=dev)[:, None]  # [T, n]
+    salient = (rank < torch.tensor(n_salient, device=dev)[:, None]).reshape(-1)  # [T*n]
 
-    # DTM: anchors by DPC-KNN among each anchor frame's non-salient tokens
-    anchors = []
+    # DTM anchors: DPC-KNN among each anchor frame's non-salient tokens (ascending positions)
+    frame_anchors = {}
     for t in (t for t in range(T) if n_anchors[t]):
-        local = torch.nonzero(~salient[t]).squeeze(1)
+        local = torch.nonzero(~salient[t * n : (t + 1) * n]).squeeze(1)
         distances = ops.pairwise_distances(flat[t * n + local], scale=1 / math.sqrt(C))
         centers, _ = ops.dpc_knn(distances, n_anchors[t], k)
-        anchors.append(t * n + local[centers])
-    anchors = torch.cat(anchors) if anchors else torch.empty(0, dtype=torch.long, device=dev)
+        frame_anchors[t] = t * n + local[centers]
 
-    # every non-salient token of a segment joins its most similar anchor of the segment (an anchor: itself)
-    anchors = anchors.sort().values
     owner = torch.full((T * n,), -1, dtype=torch.long, device=dev)
-    salient_flat = salient.reshape(-1)
-    owner[salient_flat] = torch.nonzero(salient_flat).squeeze(1)
+    owner[salient] = torch.nonzero(salient).squeeze(1)
+    merged = {}
     start = 0
-    for length in lengths:
-        lo, hi = start * n, (start + length) * n
-        seg_anchors = anchors[(anchors >= lo) & (anchors < hi)]
-        if seg_anchors.numel():
-            nearest = seg_anchors[nearest_anchor(flat[lo:hi], flat[seg_anchors])]
-            owner[lo:hi] = torch.where(salient_flat[lo:hi], owner[lo:hi], nearest)
+    for length, own in zip(lengths, alone):
+        frames = [t for t in range(start, start + length) if t in frame_anchors]
+        # (first frame, end frame) of the tokens that merge into frame t's anchors
+        spans = {t: (t, t + 1) if own else (start, start + length) for t in frames}
+        for t, (lo, hi) in spans.items():
+            rows, targets = flat[lo * n : hi * n], frame_anchors[t]
+            nearest = nearest_anchor(rows, flat[targets])
+            joins = ~salient[lo * n : hi * n]
+            if fork == "llavavideo":
+                joins[targets - lo * n] = False
+            merged[t] = blend(rows, torch.where(joins, nearest, targets.numel()), flat[targets], beta)
+            if own or len(frames) == 1:  # bookkeeping: the anchor each merged token went into
+                owner[lo * n : hi * n] = torch.where(salient[lo * n : hi * n], owner[lo * n : hi * n], targets[nearest])
+        if not own and len(frames) > 1:  # a token feeds an anchor of each frame: its source is the most similar
+            pool = torch.cat([frame_anchors[t] for t in frames])
+            lo, hi = start * n, (start + length) * n
+            near = pool[nearest_anchor(flat[lo:hi], flat[pool])]
+            owner[lo:hi] = torch.where(salient[lo:hi], owner[lo:hi], near)
         start += length
+    anchors = torch.cat(list(frame_anchors.values())) if frame_anchors else owner[:0]
     owner[anchors] = anchors
 
     kept = torch.nonzero(owner == torch.arange(T * n, device=dev)).squeeze(1)
@@ -238,22 +355,7 @@ def fastvid(
     slot[kept] = torch.arange(kept.numel(), device=dev)
     source = torch.where(owner >= 0, slot[owner.clamp_min(0)], -1)
     out = flat[kept].clone()
-    if anchors.numel():  # anchor <- beta' a + (1 - beta') mean(members), members include the anchor itself
-        A = anchors.numel()
-        merged = (owner >= 0) & ~salient_flat
-        group = torch.where(merged, torch.searchsorted(anchors, owner), A)
-        count = torch.bincount(group, minlength=A + 1)[:A]
-        sums = group_sums(flat, group, A)
-        count = count.to(sums.dtype)[:, None]
-        weight = (1 / (count + 1)).clamp_min(beta)
-        grew = count[:, 0] > 1  # an anchor nothing else joined stays exactly itself
-        a = flat[anchors[grew]].to(sums.dtype)
-        if bool(torch.isfinite(sums).all()):
-            blend = weight[grew] * a + (1 - weight[grew]) * sums[grew] / count[grew]
-        else:  # the sums overflowed: sum x / 2**k (2**k >= the rows) and blend in that scale
-            k = 2.0 ** math.frexp(flat.shape[0])[1]
-            sums = group_sums(flat, group, A, k)
-            blend = (weight[grew] * (a / k) + (1 - weight[grew]) * sums[grew] / count[grew]) * k
-        out[slot[anchors[grew]]] = blend.to(x.dtype)
-    info = {"segments": lengths, "salient": int(salient_flat.sum()), "context": int(anchors.numel())}
+    if merged:
+        out[slot[anchors]] = torch.cat(list(merged.values())).to(x.dtype)
+    info = {"segments": lengths, "per_frame": per_frame, "salient": int(salient.sum()), "context": int(anchors.numel())}
     return Tokens.at_representatives(x, out, kept, source, info)
