@@ -519,6 +519,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if not args.json:
         how = "reused for every question" if chat.reuses_prefix else "recomputed per question (the method reads it)"
         print(f"prefix (prompt + compressed video) prefilled in {chat.prefill_s:.3f} s; {how}", file=sys.stderr)
+    report = {"video": args.video, "prefill_s": chat.prefill_s, "answers": results}
     try:
         for q in questions:
             answer = chat.ask(q, max_new_tokens=args.max_new_tokens)
@@ -526,10 +527,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"Q: {q}\nA: {answer.text}", flush=True)
                 print("\n".join("  " + line for line in _stats_lines(answer.stats)), file=sys.stderr)
-    finally:  # an interrupt keeps the answers given so far
+    except (KeyboardInterrupt, Terminated):  # the answers given so far are kept
         if args.json:
-            print(json.dumps({"video": args.video, "prefill_s": chat.prefill_s, "answers": results,
-                              **({} if len(results) == len(questions) else {"interrupted": True})}, default=str))
+            print(json.dumps({**report, "interrupted": True}, default=str), flush=True)
+        raise
+    if args.json:
+        print(json.dumps(report, default=str))
     return 0
 
 
