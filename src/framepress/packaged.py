@@ -14,6 +14,8 @@ from pathlib import Path
 from .files import safetensors_header
 
 FOLDER = Path(__file__).parent / "models" / "synthetic"
+#: the name that stands for this model where a checkpoint is asked for (``framepress.load``, ``pretrained=``)
+NAME = "packaged"
 NOTE = ("framepress's packaged synthetic-domain model (LLaVA-OneVision architecture at toy size, trained on "
         "framepress.synth clips of moving shapes): it answers questions about such clips, nothing else")
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")

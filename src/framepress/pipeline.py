@@ -339,7 +339,8 @@ def load(
     """Load a supported Video-LLM (hub id or local folder) and compress its video tokens with ``method``.
 
     Args:
-        model: e.g. "llava-hf/llava-onevision-qwen2-7b-ov-hf" or a folder with the checkpoint.
+        model: e.g. "llava-hf/llava-onevision-qwen2-7b-ov-hf", a folder with the checkpoint, or "packaged":
+            framepress's packaged synthetic-domain model (:mod:`framepress.packaged`; trained at 16 frames).
         method, retention, **params: as for :func:`framepress.apply` (no method: the model as is).
         frames: frames sampled from each video (uniformly; see :func:`framepress.video.sample_indices`).
         device: "cpu", "cuda", ... (default: cuda when available); dtype: e.g. "bfloat16" (default: the
@@ -347,7 +348,9 @@ def load(
     """
     import transformers
 
-    source = str(model)
+    from . import packaged
+
+    source = str(packaged.path()) if str(model) == packaged.NAME else str(model)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)

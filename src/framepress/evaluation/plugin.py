@@ -51,7 +51,7 @@ PLUGIN_ARGS = ("pretrained", "method", "retention", "frames", "fps", "device", "
 #: generation settings of lmms-eval tasks that are passed to ``generate``
 GENERATE_KEYS = ("max_new_tokens", "temperature", "top_p", "num_beams", "do_sample")
 #: ``pretrained=packaged``: the synthetic-domain model inside the package
-PACKAGED = "packaged"
+PACKAGED = packaged.NAME
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 #: what each statistic is called in the logged samples
 STAT_KEYS = ("visual_tokens_in", "visual_tokens_out", "retention", "stages", "llm_prefill_flops", "total_s",
