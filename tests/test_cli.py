@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,3 +286,13 @@ def test_compress_rows_stream_in_a_fixed_table(capsys):
     pool, holitom = (next(line for line in lines if line.startswith(f"{m} ")) for m in ("pool", "holitom"))
     assert code == 0 and pool.index("grid=") == holitom.index("windows=[") == header.index("chosen")
     assert "(0, " not in holitom  # the windows are counted, not listed
+
+
+def test_synth_task_writes_a_task_folder_lmms_eval_finds_from_anywhere(capsys, tmp_path):
+    code, out, _ = run(capsys, "synth-task", str(tmp_path / "task"), "--per-kind", "1")
+    assert code == 0 and "--include_path" in out and str(tmp_path / "task") in out
+    folder = tmp_path / "task"
+    assert {p.name for p in folder.iterdir()} >= {"docs.jsonl", "utils.py", "videos", "framepress_synth.yaml"}
+    docs = [json.loads(line) for line in (folder / "docs.jsonl").read_text().splitlines()]
+    assert len(docs) == 6 and all((folder / "videos" / Path(d["video"]).name).is_file() for d in docs)
+    assert str(folder / "docs.jsonl") in (folder / "framepress_synth.yaml").read_text()  # an absolute path

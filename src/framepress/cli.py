@@ -595,6 +595,12 @@ class Missing(RuntimeError):
     """A dependency the command needs is not installed: exit status 1."""
 
 
+def cmd_synth_task(args: argparse.Namespace) -> int:
+    from .evaluation.synth_task import command
+
+    return command(args.folder, args.per_kind)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     needed = ["lmms_eval"] + (["accelerate"] if args.num_processes > 1 else [])
     absent = [name for name in needed if importlib.util.find_spec(name) is None]
@@ -728,6 +734,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="working directory of the lmms-eval runs (local tasks' data files are relative to it)")
     p.add_argument("--no-full", action="store_true", help="skip the full-token runs")
     p.set_defaults(run=cmd_sweep)
+
+    p = sub.add_parser("synth-task", help="write the synthetic lmms-eval tasks (clips, docs, YAMLs) into a folder",
+                       description="Write the lmms-eval tasks framepress_synth, framepress_synth_mc and "
+                       "framepress_synth_rounds (H.264 clips of held-out framepress.synth questions) into FOLDER; "
+                       "lmms-eval finds them with --include_path FOLDER from any working directory.")
+    p.add_argument("folder", help="the task folder to write")
+    p.add_argument("--per-kind", type=_positive, default=2, help="held-out questions of each kind (default 2: 12 questions)")
+    p.set_defaults(run=cmd_synth_task)
 
     p = sub.add_parser(
         "compress",
