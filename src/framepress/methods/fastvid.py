@@ -20,8 +20,8 @@ The two forks (``fork``) differ in the counts and in who merges:
 
 - ``"onevision"`` (the generic code): every frame has S = R - int(R * d) salient slots; a segment of L frames
   with A anchor frames gives each of them (X * L) // A anchors, X = R - S. Frames holding exactly X anchors (a
-  one-frame segment, every frame when ``anchor_stride=1``) merge only their own tokens; an anchor is one of its
-  own members.
+  one-frame segment, every frame when ``anchor_stride=1``, or (X * L) // A = X by chance) merge only their own
+  tokens; an anchor is one of its own members.
 - ``"llavavideo"`` (hard-coded there to 64 frames of 13 x 13 with row newlines; here any grid, no newlines): a
   segment has int(R * L * d) anchors and R * L - that salient tokens, both spread over its frames with remainders
   (salient: the first frames one more; anchors: the anchor frames, the last ones one more); for each anchor frame
@@ -30,9 +30,10 @@ The two forks (``fork``) differ in the counts and in who merges:
 
 Budget (``allocation``): ``"official"`` keeps the official count, at most the budget B = round(r * T*H*W):
 it floors R per frame and the anchors per segment. R is read off the budget as B // T, which is int(r * H*W)
-unless r * H*W lies within 0.5 / T below an integer (the method sees B, not r). Measured (visible golden inputs,
-default parameters, both global features): 32x14x14 at 10% keeps 604-608 of 627 (-3.6%); at 2% 96 of 125 (-23%:
-R = 3); 64x13x13 at 10% 1024 of 1082 (-5.4%, both forks). ``"exact"`` returns exactly B: frame t gets
+unless r * H*W lies within 0.5 / T below an integer (the method sees B, not r). Measured with the default
+parameters (golden inputs and synthetic clips), never over: 32x14x14 at 10% keeps 603-608 of 627 (-3.0% to
+-3.8%); at 2% 91-96 of 125 (-23% to -27%: R = 3); 64x13x13 at 10% 1019-1024 of 1082 (-5.4% to -5.8%). The
+LLaVA-Video fork always keeps T * R (608, 96, 1024). ``"exact"`` returns exactly B: frame t gets
 R_t = floor(B (t+1) / T) - floor(B t / T) (R or R + 1), each fork's rule forms the salient and anchor counts from
 those (its anchors spread over the anchor frames with remainders instead of floored), and the rest (segments,
 merge rules, which frames merge alone) is the official algorithm.
@@ -41,8 +42,9 @@ Where the official code raises, a sensible result instead (documented, not offic
 
 - fewer frames than ``min_segments`` (``torch.topk`` of c - 1 of T - 1 transitions): every transition is cut;
 - no anchor slot (OneVision: int(R * d) = 0, e.g. R <= 2 at d = 0.4, argmax over no anchor; LLaVA-Video: a
-  segment with no salient or no anchor slot, ``torch.cat`` of nothing): the tokens that would merge are dropped;
-- more anchors than an anchor frame's non-salient tokens (from about r = 0.45 with multi-frame segments,
+  segment with no anchor or no salient slot, ``torch.cat`` of nothing): the rules run on what there is (with no
+  anchor, the tokens that would merge are dropped);
+- more anchors than an anchor frame's non-salient tokens (from about r = 0.45 with 4-frame segments,
   ``torch.topk`` out of range): the extra anchors are spread over the segment's other frames (the extra ones
   to the latest);
 - R = 0 (r * H*W < 1: the official code would keep no token): the ``"exact"`` split;
@@ -282,8 +284,8 @@ def fastvid(
         k: neighbours of the DPC-KNN density (4, the point itself included).
         fork: "onevision" (the official generic code, default) or "llavavideo" (the LLaVA-Video fork's counts
             and merge); a model adapter cannot tell LLaVA-Video-hf from LLaVA-OneVision, so pass it there too.
-        allocation: "official" (the official counts, at most the budget: 3.6% under at 10% of 32x14x14, 23% at
-            2%, 5.4% at 10% of 64x13x13) or "exact" (exactly the budget, the official algorithm otherwise).
+        allocation: "official" (the official counts, at most the budget: 3-4% under at 10% of 32x14x14, 23-27%
+            at 2%, 5.4-5.8% at 10% of 64x13x13) or "exact" (exactly the budget, the official algorithm otherwise).
         frame_features: [T, D] each frame's global feature for DySeg, FastVID's SigLIP MAP-head output; None:
             the frame's mean token (the HF LLaVA checkpoints drop the head).
 
