@@ -251,7 +251,7 @@ def global_features(x: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor
 @register(
     "fastvid",
     paper="Shen et al., FastVID: Dynamic Density Pruning for Fast Video Large Language Models, NeurIPS 2025 (arXiv 2503.11187)",
-    budget="steps",
+    budget="official",
     check=check,
 )
 def fastvid(
