@@ -375,7 +375,7 @@ def test_frame_features_drive_dyseg_only(video):
 
 def test_registry_entry():
     spec = registry.get("fastvid")
-    assert spec.budget == "steps" and spec.stage == "pre-llm" and not spec.query_aware
+    assert spec.budget == "official" and spec.stage == "pre-llm" and not spec.query_aware
     assert spec.required == ("scores",)
     assert spec.params == {
         "scores": spec.params["scores"], "min_segments": 8, "tau": 0.9, "context_share": 0.4, "anchor_stride": 4,
