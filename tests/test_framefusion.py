@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import framepress
-from framepress import registry, signals
+from framepress import ops, registry, signals
 from framepress.features import synthetic
 from framepress.layer import LayerInputs
 from framepress.methods.framefusion import pruning_ratio, quotas, run_starts
@@ -250,7 +250,9 @@ def test_framefusion_in_each_family(family):
     """The merge before layer 0 and the prune at layer 1 run in each family; the default keeps the official cost
     rule's count for the merged share, a retention exactly its tokens."""
     model = tiny_model(family)
-    inputs = video_inputs(model, [random_frames(model, 4, seed=s) for s in (0, 1)])
+    moving = random_frames(model, 4, seed=1)
+    static = moving[:1].expand_as(moving).clone()  # every temporal cosine 1: the cost bounds the merge (LLaVA)
+    inputs = video_inputs(model, [static, moving])
     with framepress.apply(model, "framefusion") as handle, torch.no_grad():
         model.generate(**inputs, max_new_tokens=2, suppress_tokens=[250, 251, 252, 253])
         record = handle.stats[-1]
@@ -265,6 +267,21 @@ def test_framefusion_in_each_family(family):
         record = handle.stats[-1]
     assert record["stages"][1]["visual_out"] == [round(0.25 * n)] * 2
     assert all(m >= round(0.25 * n) for m in record["stages"][0]["visual_out"])
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
+def test_prune_ranks_by_layer_0_attention_over_the_merged_sequence(family):
+    """In a model the prune keeps the merged tokens the last query attends to most in layer 0, which ran on the
+    merged sequence (the official order: merge before layer 0, prune after its attention)."""
+    model = tiny_model(family, attn_implementation="eager")
+    inputs = video_inputs(model, [random_frames(model, 4, seed=s) for s in (1, 2)])
+    with framepress.apply(model, "framefusion") as handle, torch.no_grad():
+        maps = model(**inputs, output_attentions=True).attentions[0]  # layer 0 over the merged, left-padded rows
+        merge, prune = handle.stats[-1]["stages"]
+    for b in range(2):
+        slots = torch.tensor(merge["slots"][b])
+        scores = maps[b, :, -1, slots].mean(0)
+        assert slots[ops.top_indices(scores, len(prune["kept"][b]))].tolist() == prune["kept"][b]
 
 
 def test_received_attention_equals_the_eager_maps():
