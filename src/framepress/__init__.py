@@ -11,6 +11,7 @@ import types
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "Stream": "stream",
     "Handle": "patch",
     "LayerInputs": "layer",
     "Session": "session",

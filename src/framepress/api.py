@@ -24,7 +24,16 @@ SCALE_FREE_RANGE = (2.0**-16, 2.0**48)
 WIDER = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.float32: torch.float64}
 
 
-def compress(x: torch.Tensor, method: str, retention: float | None = None, **params: Any) -> Tokens:
+def compress(
+    x: torch.Tensor,
+    method: str,
+    retention: float | None = None,
+    *,
+    window: int | None = None,
+    max_tokens: int | None = None,
+    split: str | None = None,
+    **params: Any,
+) -> Tokens:
     """Compress visual features ``x`` [T, H, W, C] (frames x grid x channels) with a registered method.
 
     Args:
@@ -32,6 +41,14 @@ def compress(x: torch.Tensor, method: str, retention: float | None = None, **par
         method: a name from :func:`methods`.
         retention: share of the T*H*W input tokens to keep, in (0, 1]: a budget of
             ``max(1, round(retention * T*H*W))`` tokens. None runs the method's own default setting.
+        window: compress ``window`` frames at a time, the budget shared across windows (see
+            :mod:`framepress.stream`); one :class:`Tokens` over the whole grid comes back.
+        max_tokens: for the global methods (divprune, unified): above this many input tokens they run in two
+            levels, within windows then across the windows' survivors (default
+            ``framepress.stream.DEFAULT_MAX_TOKENS`` when ``window`` is given).
+        split: how windows share the budget: "novelty" (default; in proportion to each window's frame-to-frame
+            novelty, exactly the total) or "even" (each prefix of the video its own share, as
+            :class:`~framepress.Stream` does).
         **params: the method's parameters (see ``framepress methods``).
 
     Returns:
@@ -41,11 +58,24 @@ def compress(x: torch.Tensor, method: str, retention: float | None = None, **par
     spec = registry.get(method)
     if spec.stage != "pre-llm":
         raise ValueError(f"{method} runs inside the LLM on hidden states; use framepress.apply(model, {method!r}, ...)")
+    if window is not None or max_tokens is not None:
+        from . import stream
+
+        return stream.windowed(x, spec, retention, window, max_tokens, split, params)
+    if split is not None:
+        raise ValueError(f"split={split!r} shares a budget across windows; give window= too")
     x, peak = checks.features_and_peak(x)
     retention = checks.retention(retention)
     params = spec.bind(params)
     T, H, W, _ = x.shape
     budget = None if retention is None else _budget.tokens_for(retention, T * H * W)
+    return run(spec, x, peak, budget, params)
+
+
+def run(spec: registry.Method, x: torch.Tensor, peak: float, budget: int | None, params: dict[str, Any]) -> Tokens:
+    """One call of a pre-LLM method on checked features ``x`` (largest magnitude ``peak``) for ``budget`` tokens,
+    rescaled or widened where the magnitude asks for it (see :func:`compress`)."""
+    method = spec.name
     with torch.inference_mode():
         lo, hi = SCALE_FREE_RANGE
         if spec.scale_invariant and peak > 0 and not lo <= peak <= hi:

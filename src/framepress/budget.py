@@ -69,3 +69,45 @@ def search_threshold(
     if best is None:
         return None
     return SearchResult(value=best[1], count=best[0], above=above, evaluations=evaluations)
+
+
+def split(total: int, weights: torch.Tensor, caps: torch.Tensor) -> list[int]:
+    """Share ``total`` tokens among windows in proportion to ``weights`` (> 0), each between 1 and its ``caps``
+    (its token count): proportional water-filling, then a largest-remainder rounding (ties to the earlier
+    window), so the shares sum to ``total`` exactly when ``len(weights) <= total <= caps.sum()``. Below that
+    every window gets 1 (a method keeps at least one token); above it every window its cap."""
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    cap = torch.as_tensor(caps, dtype=torch.float64)
+    k = w.numel()
+    if total <= k:
+        return [1] * k
+    if total >= int(cap.sum()):
+        return cap.long().tolist()
+    q = torch.zeros(k, dtype=torch.float64)
+    fixed = torch.zeros(k, dtype=torch.bool)
+    for _ in range(k):  # each round fixes at least one window at a bound
+        free = ~fixed
+        q[free] = (total - q[fixed].sum()) * w[free] / w[free].sum()
+        over = free & (q > cap)
+        under = free & (q < 1)
+        if bool(over.any()):  # the caps first: fixing them only raises the others
+            q[over], fixed = cap[over], fixed | over
+        elif bool(under.any()):
+            q[under], fixed = 1.0, fixed | under
+        else:
+            break
+    base = q.floor().clamp(min=1).minimum(cap)
+    short = total - int(base.sum())
+    room = base < cap
+    order = torch.sort(-(q - base).masked_fill(~room, -torch.inf), stable=True).indices
+    base[order[:short]] += 1
+    return base.long().tolist()
+
+
+def cumulative(retention: float, counts: list[int]) -> list[int]:
+    """Window budgets that need no look-ahead (streaming): window w keeps ``P_w - P_(w-1)`` with
+    ``P_w = floor(retention * C_w + 1/2)``, ``C_w`` the tokens of windows 1..w, so every prefix of the video
+    keeps its share rounded half up; at least 1 a window (then the total exceeds it)."""
+    ends = torch.tensor(counts, dtype=torch.float64).cumsum(0)
+    prefix = torch.floor(retention * ends + 0.5).long()
+    return torch.diff(prefix, prepend=prefix.new_zeros(1)).clamp_min(1).tolist()
