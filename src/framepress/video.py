@@ -16,6 +16,9 @@ the sampled indices, however they were reached.
   counts output frames.
 - **Memory.** Frames not wanted are decoded but never converted to RGB; only the kept ones are held, each
   shrunk to ``max_side`` as it is taken.
+- **Streaming.** :func:`iter_frames` gives the same frames as ``load_video`` in chunks of at most ``chunk``,
+  decoding once from the start and holding no more than one chunk, so an hour at 1 fps can feed a
+  :class:`framepress.Stream` in bounded memory.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import av
@@ -37,7 +41,7 @@ from tqdm.auto import tqdm
 
 from .files import describe, stat_input
 
-__all__ = ["Video", "fps_indices", "load_video", "sample_indices"]
+__all__ = ["Video", "fps_indices", "iter_frames", "load_video", "sample_indices"]
 
 DEFAULT_NUM_FRAMES = 32
 MAX_SIDE_LIMIT = 8192  # without max_side, a frame above this many pixels on a side is refused
@@ -129,19 +133,7 @@ def load_video(
     ``ValueError`` naming the file when it cannot be read (corrupt, truncated, no video stream, no decodable
     frame, an empty folder, frames over ``MAX_SIDE_LIMIT`` px without ``max_side``).
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    if num_frames is not None and fps is not None:
-        raise ValueError(f"give num_frames or fps, not both (got num_frames={num_frames!r}, fps={fps!r})")
-    want = _Want(
-        num_frames=_count("num_frames", num_frames, 1) if num_frames is not None else None,
-        fps=_rate("fps", fps) if fps is not None else None,
-        explicit=num_frames is not None or fps is not None,
-    )
-    if want.num_frames is None and want.fps is None:
-        want.num_frames = DEFAULT_NUM_FRAMES
-    if max_side is not None:
-        max_side = _count("max_side", max_side, 1)
+    want, max_side = _wanted(path, num_frames, fps, max_side)
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool, got {type(progress).__name__}")
 
@@ -160,6 +152,90 @@ def load_video(
         warnings.warn(f"{source}: {note}", stacklevel=2)
     video.source = source
     return video
+
+
+def iter_frames(
+    path: str | os.PathLike,
+    fps: float | None = None,
+    num_frames: int | None = None,
+    chunk: int = 16,
+    max_side: int | None = None,
+) -> Iterator[np.ndarray]:
+    """The frames :func:`load_video` would return for these arguments, as uint8 RGB arrays [n, H, W, 3] of
+    ``n <= chunk`` frames, decoded as they are asked for: at most one chunk is held at a time (an hour at
+    ``fps=1`` never sits in memory whole). Video files decode once from the start (one demux pass first, to
+    count the frames); an image or a folder of frames is read as ``load_video`` reads it and cut into chunks.
+    The same errors as ``load_video``, raised before the first chunk where they concern the arguments."""
+    want, max_side = _wanted(path, num_frames, fps, max_side)
+    chunk = _count("chunk", chunk, 1)
+    return _iter_frames(path, want, max_side, chunk)
+
+
+def _iter_frames(path: str | os.PathLike, want: _Want, max_side: int | None, chunk: int) -> Iterator[np.ndarray]:
+    source = os.fspath(path)
+    p = Path(source)
+    st = stat_input(source, "no such video, image or folder")
+    if stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and p.suffix.lower() in IMAGE_EXTENSIONS):
+        frames = load_video(p, want.num_frames, want.fps, max_side).frames if want.explicit else load_video(p, max_side=max_side).frames
+        for s in range(0, len(frames), chunk):
+            yield frames[s : s + chunk]
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{source} is {describe(st)}, not a video, image or folder")
+    with _open(p) as container:
+        stream = _video_stream(container)
+        if stream is None:
+            raise ValueError(f"{p} has no video stream")
+        _check_size(stream.codec_context.width, stream.codec_context.height, max_side, p)
+        table = _demux_table(container, stream, p)
+        source_fps = _stream_fps(stream)
+    if table.count == 0:
+        raise ValueError(f"{p} has a video stream but no frames")
+    indices = want.plan(table.count, source_fps, str(p))
+    for note in want.notes:
+        warnings.warn(f"{source}: {note}", stacklevel=3)
+    held: list[np.ndarray] = []
+    first: list[np.ndarray] = []  # the first frame's size, which later frames are brought to
+    taken, i = 0, -1
+    with _open(p) as container:
+        try:
+            for i, frame in enumerate(container.decode(_video_stream(container))):
+                if i != indices[taken]:
+                    continue
+                rgb = _same_size(_rgb(frame, max_side, p), first)
+                first = first or [rgb]
+                held.append(rgb)
+                taken += 1
+                if len(held) == chunk or taken == len(indices):
+                    out, held = np.stack(held), []
+                    yield out
+                if taken == len(indices):
+                    return
+        except av.FFmpegError as err:
+            raise ValueError(f"cannot decode {p} at frame {i + 1}: corrupt or truncated ({_why(err)})") from None
+    if held:
+        yield np.stack(held)
+    if taken == 0:
+        raise ValueError(f"{p}: no frame could be decoded (corrupt or truncated file?)")
+    warnings.warn(f"{source}: decoding stopped within {i + 1} frames; returned {taken} of {len(indices)}", stacklevel=3)
+
+
+def _wanted(path: Any, num_frames: Any, fps: Any, max_side: Any) -> tuple[_Want, int | None]:
+    """The checked sampling request and ``max_side`` shared by :func:`load_video` and :func:`iter_frames`."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    if num_frames is not None and fps is not None:
+        raise ValueError(f"give num_frames or fps, not both (got num_frames={num_frames!r}, fps={fps!r})")
+    want = _Want(
+        num_frames=_count("num_frames", num_frames, 1) if num_frames is not None else None,
+        fps=_rate("fps", fps) if fps is not None else None,
+        explicit=num_frames is not None or fps is not None,
+    )
+    if want.num_frames is None and want.fps is None:
+        want.num_frames = DEFAULT_NUM_FRAMES
+    if max_side is not None:
+        max_side = _count("max_side", max_side, 1)
+    return want, max_side
 
 
 @dataclass
