@@ -1,5 +1,5 @@
 """FastV's selection equals the official code's on the golden vectors (tests/data/fastv, from
-/work/shared/golden/fastv), with the attention row computed by framepress.signals from the stored q/k; the default
+shared/golden/fastv), with the attention row computed by framepress.signals from the stored q/k; the default
 count is the official int(N * 0.5); exact budgets; thread independence."""
 
 from __future__ import annotations

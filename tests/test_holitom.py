@@ -122,7 +122,7 @@ def test_degenerate_inputs(clip):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the official code's outputs (tests/data/holitom, from /work/shared/golden/holitom; see its README)
+# the official code's outputs (tests/data/holitom, from shared/golden/holitom; see its README)
 # ---------------------------------------------------------------------------------------------------------------
 
 DATA = Path(__file__).parent / "data" / "holitom"
