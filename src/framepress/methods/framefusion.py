@@ -23,6 +23,10 @@ r n, so in a model a retention is met exactly. Standalone, ``framefusion`` alone
 (whatever their cosine, the official budget-bound rule), and if merging cannot get there (one frame, or one token
 per position left) evenly spaced tokens are kept, framepress's choice (there is no attention before the LLM).
 
+The cosines and means use the official formulas in the input's dtype (bit-equal on the golden vectors); a zero
+vector's cosine, NaN there, counts as -2 here (never similar). The official code keeps each merged token's original
+position: on LLaVA-OneVision pass ``positions="original"`` (framepress's pre-LLM default reassigns them).
+
 Difference, documented: the official code repeats the merging after each layer's attention while at least
 ``ratio_lower_bound`` (0.1) of the tokens merge, pruning only after the last merge. framepress merges once, before
 layer 0, and prunes after layer 0: the official outputs whenever its merging stops after the first step (less
@@ -106,8 +110,10 @@ def framefusion(
         raise ValueError("allocation='exact' needs a retention (the cost rule gives its own count)")
     T, H, W, C = x.shape
     n, P = T * H * W, H * W
-    unit = ops.normalize(x.reshape(T, P, C))
-    cos = torch.cat([torch.full((1, P), -torch.inf, device=x.device), (unit[1:] * unit[:-1]).sum(-1)]).reshape(-1)
+    v = x.reshape(T, P, C)  # the official formula, in the input's dtype as the official code computes it
+    pairs = (v[1:] * v[:-1]).sum(-1) / (v[1:].norm(dim=-1) * v[:-1].norm(dim=-1))
+    pairs = torch.nan_to_num(pairs, nan=-2.0)  # a zero vector (NaN there): never similar, merged last
+    cos = torch.cat([torch.full((1, P), -torch.inf, device=x.device, dtype=x.dtype), pairs]).reshape(-1)
     similar = int((cos >= similarity).sum())
     if budget is None:  # the official bound: the sparsity the cost allows this first step
         cost = 0.3 if cost is None else cost
@@ -127,7 +133,10 @@ def framefusion(
     owner = (run_starts(merge) * P + position).reshape(-1)  # each token's run representative
     reps = torch.unique(owner)
     group = torch.searchsorted(reps, owner)
-    features = ops.group_mean(x.reshape(n, C), group, reps.numel())
+    flat, merged_in = x.reshape(n, C), owner != torch.arange(n, device=x.device)
+    # the official arithmetic: members added into the run's first token in the input's dtype, then divided
+    features = flat.clone().index_add_(0, owner[merged_in], flat[merged_in])[reps]
+    features = features / torch.bincount(group, minlength=reps.numel())[:, None]
     merged = n - reps.numel()
     if allocation == "exact" and reps.numel() > budget:  # merging cannot reach it: evenly spaced ones
         keep = torch.arange(budget, device=x.device) * reps.numel() // budget
