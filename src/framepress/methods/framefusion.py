@@ -117,8 +117,8 @@ def framefusion(
     similar = int((cos >= similarity).sum())
     if budget is None:  # the official bound: the sparsity the cost allows this first step
         cost = 0.3 if cost is None else cost
-        bound = pruning_ratio([], cost, layers)
-        limit = int(bound * n) if similar / n >= bound else None
+        sparsity = pruning_ratio([], cost, layers)
+        limit = int(sparsity * n) if similar / n >= sparsity else None
     elif allocation == "exact":
         limit = min(n - budget, n - P)
     else:
@@ -152,7 +152,8 @@ def framefusion(
     t, rest = reps // P, reps % P
     y, w = rest // W, rest % W
     boxes = torch.stack([t, y, w, y + 1, w + 1], 1)
-    info = {"merged": merged, "budget_bound": limit is not None, "keep": keep_count, "allocation": allocation}
+    bound = limit is not None and allocation == "official"
+    info = {"merged": merged, "budget_bound": bound, "keep": keep_count, "allocation": allocation}
     return Tokens.from_source(features, boxes, group, (T, H, W), info)
 
 
