@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from . import checks, flops, registry
 from .api import compress
 from .layer import HEADS, LayerInputs
 from .models import Adapter, adapter_for
-from .models.base import _Restore, cache_of
+from .models.base import HEAD_SIGNALS, SIGNALS, STAND_IN, _Restore, cache_of
 from .signals import attention_rows
 from .tokens import Tokens
 
@@ -50,16 +51,13 @@ class Stage:
     layer: int | None
     positions: str
     handoff: Any = None  # the pre-LLM stage's registry handoff, on the in-LLM part of the same apply
+    signals: dict[str, str] = field(default_factory=dict)  # parameter -> the vision signal the model computes for it
+    head: Any = None  # the SigLIP attention-pooling head its head signals run (models.base.HEAD_SIGNALS)
 
     @property
     def label(self) -> str:
         where = "pre-LLM" if self.layer is None else f"layer {self.layer}"
         return f"{self.method.name}@{where}"
-
-    @property
-    def needs_scores(self) -> bool:
-        """The method takes the vision encoder's contribution scores, which the model supplies."""
-        return "scores" in self.method.params
 
     @property
     def unpooled(self) -> bool:
@@ -232,9 +230,9 @@ class _Patch:
         self.warned = False
         self.prefills = 0  # prefills this patch rewrote (or recorded), to check that each video prefill was seen
         self.expecting: tuple[int, int] = (0, 0)  # (video tokens in the base forward now running, prefills before it)
-        self.score_hooks: list[Any] = []
+        self.signal_hooks: dict[str, list[Any]] = {}  # vision signal -> its installed hooks
         self.unpooled_hooks: list[Any] = []
-        self.scores: list[torch.Tensor] = []  # [frames, H, W] maps of the videos being encoded, in order
+        self.signals: dict[str, list[torch.Tensor]] = {}  # vision signal -> its maps of the videos being encoded, in order
         self.unpooled: list[torch.Tensor] = []  # [frames, H, W, C] grids before the family's pooling, in order
         self.encoding = False
         self.last_tokens: list[Tokens] = []  # the pre-LLM stage's tokens of the last prefill, video by video
@@ -258,7 +256,8 @@ class _Patch:
             grid = kwargs.get("video_grid_thw", args[1] if len(args) > 1 else None)
             if grid is not None:
                 self.captured["video_grid_thw"] = grid
-            self.scores.clear()
+            for queue in self.signals.values():
+                queue.clear()
             self.unpooled.clear()
             self.encoding = True
             try:
@@ -285,19 +284,25 @@ class _Patch:
         self.hooks.clear()
 
     def update_score_hooks(self, force_off: bool = False) -> None:
-        """Vision hooks cost work while the tower runs: installed only while a stage needs them (scores: a
-        second attention pass of one ViT layer; the unpooled grid: a copy of the projector output)."""
-        wanted_scores = not force_off and any(s.needs_scores for s in self.stages)
+        """Vision hooks cost work while the tower runs: installed only while a stage needs them (a signal, one
+        hook factory per name in the adapter: e.g. the scores, a second attention pass of one ViT layer; the
+        unpooled grid: a copy of the projector output)."""
+        wanted = {} if force_off else {name: s.head for s in self.stages for name in s.signals.values()}
+        for name in [n for n in self.signal_hooks if n not in wanted]:
+            for hook in self.signal_hooks.pop(name):
+                hook.remove()
+            self.signals.pop(name, None)
+        for name, head in wanted.items():
+            if name not in self.signal_hooks:
+                queue = self.signals.setdefault(name, [])
+                self.signal_hooks[name] = self.adapter.signal_hooks(name, functools.partial(self._on_vision, queue), head)
         wanted_unpooled = not force_off and self.adapter.pooled and any(s.unpooled for s in self.stages)
-        if wanted_scores and not self.score_hooks:
-            self.score_hooks = self.adapter.score_hooks(functools.partial(self._on_vision, self.scores))
         if wanted_unpooled and not self.unpooled_hooks:
             self.unpooled_hooks = self.adapter.unpooled_hooks(functools.partial(self._on_vision, self.unpooled))
-        for wanted, name in ((wanted_scores, "score_hooks"), (wanted_unpooled, "unpooled_hooks")):
-            if not wanted:
-                for hook in getattr(self, name):
-                    hook.remove()
-                setattr(self, name, [])
+        if not wanted_unpooled:
+            for hook in self.unpooled_hooks:
+                hook.remove()
+            self.unpooled_hooks = []
 
     def _on_vision(self, queue: list[torch.Tensor], frames: torch.Tensor) -> None:
         if self.encoding:
@@ -310,7 +315,7 @@ class _Patch:
         while need:
             if not queue:
                 raise ValueError(
-                    "this method needs the vision encoder's outputs (scores or the unpooled grid), but the video "
+                    "this method needs the vision encoder's outputs (its signals or the unpooled grid), but the video "
                     "was not encoded here (precomputed features were passed); give pixel values"
                 )
             head = queue[0]
@@ -321,8 +326,8 @@ class _Patch:
                 queue.pop(0)
             need -= taken[-1].shape[0]
         out = torch.cat(taken)
-        if len(grid) == 3 and tuple(out.shape) != tuple(grid):
-            raise RuntimeError(f"vision scores of shape {tuple(out.shape)} for a video grid {grid}")
+        if len(grid) == 3 and out.ndim >= 3 and tuple(out.shape[:3]) != tuple(grid):
+            raise RuntimeError(f"a vision signal of shape {tuple(out.shape)} for a video grid {grid}")
         return out
 
     # capturing --------------------------------------------------------------------------------------------------
@@ -433,7 +438,7 @@ class _Patch:
 
     def _entry_block(self, stage: Stage, x: torch.Tensor, slots: torch.Tensor, grid: tuple[int, int, int]) -> _Plan:
         """Run the pre-LLM stage on one video's grid (or its unpooled grid, if the method asks for it)."""
-        params = dict(stage.params, scores=self._take(self.scores, grid)) if stage.needs_scores else stage.params
+        params = dict(stage.params, **{param: self._take(self.signals[name], grid) for param, name in stage.signals.items()})
         if stage.unpooled and self.adapter.pooled:
             raw = self._take(self.unpooled, grid[:1])
             share = None if stage.retention is None else _budget.tokens_for(stage.retention, slots.numel()) / raw.shape[:3].numel()
@@ -754,6 +759,7 @@ def apply(
     layer: int | None = None,
     inner_layer: int | None = None,
     positions: str | None = None,
+    siglip_head: Any = None,
     **params: Any,
 ) -> Handle:
     """Compress the video tokens of ``model`` with ``method`` until the returned handle is removed.
@@ -772,6 +778,9 @@ def apply(
         positions: 1-D RoPE models: "reassign" (contiguous positions for the kept tokens; default for grid methods,
             STTM's choice) or "original" (the kept tokens keep their original positions, gaps left; default for
             in-LLM methods, FastV's). M-RoPE models always keep each token's original (t, h, w).
+        siglip_head: a SigLIP checkpoint (hub id or local folder, e.g. "google/siglip-so400m-patch14-384") whose
+            attention-pooling head gives FastVID its official frame features and saliency in LLaVA-OneVision (the
+            llava-hf checkpoints drop the head; only its weights are read).
         **params: the method's parameters (and its in-LLM part's).
     """
     adapter = adapter_for(model)
@@ -787,7 +796,7 @@ def apply(
             second = first * share
     own = {k: v for k, v in params.items() if k in spec.params or inner is None or k not in inner.params}
     inner_params = {k: v for k, v in params.items() if k not in own}
-    stages = [_stage(adapter, spec, first, own, layer, positions)]
+    stages = [_stage(adapter, spec, first, own, layer, positions, siglip_head=siglip_head)]
     if inner is not None:
         stages.append(_stage(adapter, inner, second, inner_params, inner_layer, None, layer_name="inner_layer"))
         stages[-1].handoff = spec.handoff
@@ -818,9 +827,11 @@ def apply(
     return Handle(patch, stages)
 
 
-def _stage(adapter: Adapter, spec: registry.Method, retention, params, layer, positions, layer_name="layer") -> Stage:
+def _stage(
+    adapter: Adapter, spec: registry.Method, retention, params, layer, positions, layer_name="layer", siglip_head=None
+) -> Stage:
     """Check one stage's settings against the model and the method."""
-    spec.bind({**params, "scores": None} if "scores" in spec.params and "scores" not in params else params)
+    spec.bind({**{param: None for param in spec.signals}, **params})
     n_layers = len(adapter.layers)
     if layer is None and spec.stage == "in-llm":
         layer = spec.default_layer
@@ -833,15 +844,44 @@ def _stage(adapter: Adapter, spec: registry.Method, retention, params, layer, po
     positions = checks.choice("positions", positions, POSITIONS)
     if adapter.rope == "mrope" and positions != "original":
         raise ValueError(f"{adapter.name} uses M-RoPE: kept tokens keep their (t, h, w) positions; positions must be 'original'")
-    stage = Stage(spec, retention, dict(params), layer, positions)
+    stage = Stage(spec, retention, dict(params), layer, positions, signals=_signals(adapter, spec, params, siglip_head))
     if stage.unpooled and adapter.pooled:
         if layer is not None:
             raise ValueError(f"{spec.name} replaces the family's pooling, so it runs before the LLM (no layer)")
         if positions != "reassign":
             raise ValueError(f"{spec.name} gives a new grid: its tokens take contiguous positions (positions='reassign')")
-    if stage.needs_scores:
-        if "scores" in params:
-            raise ValueError(f"{spec.name}: inside a model the scores come from its vision encoder; do not pass scores")
-        if layer is not None:
-            raise ValueError(f"{spec.name} uses the vision encoder's scores, so it runs before the LLM (no layer)")
+    if stage.signals and layer is not None:
+        raise ValueError(f"{spec.name} uses the vision encoder's {', '.join(stage.signals)}, so it runs before the LLM (no layer)")
+    if HEAD_SIGNALS & set(stage.signals.values()):
+        stage.head = adapter.load_head(siglip_head)
     return stage
+
+
+def _signals(adapter: Adapter, spec: registry.Method, params, siglip_head) -> dict[str, str]:
+    """Which vision signal the model computes for each of the method's signal parameters: the one the registry
+    names, else its stand-in (``models.base.STAND_IN``), else none (the method's default). A head signal the
+    family would compute from a SigLIP head that is not named gives one warning naming what is missing."""
+    chosen, headless = {}, []
+    for param, name in spec.signals.items():
+        if param in params:
+            raise ValueError(f"{spec.name}: inside a model {param} comes from its vision encoder; do not pass {param}")
+        for candidate in (name, STAND_IN.get(name)):
+            if candidate in adapter.vision_signals and (candidate not in HEAD_SIGNALS or siglip_head is not None):
+                chosen[param] = candidate
+                break
+        if chosen.get(param) != name and name in adapter.vision_signals:
+            headless.append(param)
+        if param not in chosen and spec.params[param] is registry._REQUIRED:
+            raise ValueError(f"{spec.name} needs {param} from the vision encoder, which {adapter.name} cannot give ({SIGNALS[name]})")
+    if siglip_head is not None and not HEAD_SIGNALS & set(chosen.values()):
+        raise ValueError(f"siglip_head: {spec.name} takes no signal of SigLIP's attention-pooling head on {adapter.name}")
+    if headless:
+        official = ", ".join(f"{p} (signal {spec.signals[p]!r})" for p in headless)
+        instead = "; ".join(f"{p}: signal {chosen[p]!r}" if p in chosen else f"{p}: the method's default" for p in headless)
+        warnings.warn(
+            f"{spec.name} on {adapter.name}: SigLIP's attention-pooling head is missing (the checkpoint drops it), so "
+            f"the official {official} are not computed and stand-ins run ({instead}); give siglip_head= a SigLIP "
+            "checkpoint (a hub id or local folder, e.g. 'google/siglip-so400m-patch14-384')",
+            stacklevel=4,
+        )
+    return chosen

@@ -20,7 +20,7 @@ import importlib
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .tokens import Tokens
@@ -56,6 +56,7 @@ class Method:
     shown: Mapping[str, str] | None = None  # what a default of None means, for the table of methods
     scale_invariant: bool = False  # tokens unchanged and features scaled when x is scaled (cosines and means only)
     handoff: Callable[[Tokens], dict[str, Any]] | None = None  # per-token labels this method's tokens give its inner part
+    signals: Mapping[str, str] = field(default_factory=dict)  # parameter -> vision signal a model computes for it
 
     @property
     def summary(self) -> str:
@@ -106,6 +107,7 @@ def register(
     shown: Mapping[str, str] | None = None,
     scale_invariant: bool = False,
     handoff: Callable[[Tokens], dict[str, Any]] | None = None,
+    signals: Mapping[str, str] | None = None,
 ) -> Callable[[Callable[..., Tokens]], Callable[..., Tokens]]:
     """Register ``fn(x, budget, *, **params)`` under ``name``; an in-LLM method gives its paper's ``layer``; a
     pre-LLM method whose paper adds an in-LLM part names it in ``inner`` with the share of the pre-LLM tokens it
@@ -117,7 +119,10 @@ def register(
     table's text for defaults of None that stand for a value ("T//2"). ``scale_invariant`` says the method reads
     only cosines and forms only means and sums, so ``compress`` may rescale an input of extreme magnitude by a
     power of two (exactly) and scale the features back. ``handoff(tokens)`` gives the ``inner`` part parameters
-    read off this method's output: [N] integer labels per output token, in output order (PruneVid's blocks)."""
+    read off this method's output: [N] integer labels per output token, in output order (PruneVid's blocks).
+    ``signals`` maps parameters to the vision signals a model computes for them while its tower encodes
+    (``framepress.models.base.SIGNALS``, e.g. VisionZip's ``metric`` from the keys); a ``scores`` parameter takes
+    the vision ``scores`` unless given otherwise."""
     if budget not in BUDGET_KINDS:
         raise ValueError(f"budget must be one of {sorted(BUDGET_KINDS)}, got {budget!r}")
     if stage not in STAGES or (stage == "in-llm") != (layer is not None):
@@ -130,6 +135,9 @@ def register(
         params = {
             p.name: p.default for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
         }
+        wanted = dict(signals) if signals is not None else {"scores": "scores"} if "scores" in params else {}
+        if set(wanted) - set(params):
+            raise ValueError(f"signals: {name} has no parameter(s) {', '.join(sorted(set(wanted) - set(params)))}")
 
         @functools.wraps(fn)
         def checked(x, n_tokens, **kwargs):
@@ -137,7 +145,7 @@ def register(
 
         method = Method(
             name, checked, paper, budget, stage, query_aware, params, layer, inner, grid, check, shown, scale_invariant,
-            handoff,
+            handoff, wanted,
         )
         _METHODS[name] = method
         return checked

@@ -92,3 +92,99 @@ def pseudo_cls_scores(
     weights = (logits - peak[frame_of]).exp()
     total = torch.zeros(frames, logits.shape[1], device=q.device).index_add_(0, frame_of, weights)
     return (weights / total[frame_of]).mean(1)
+
+
+def mean_keys(attn: torch.nn.Module, hidden: torch.Tensor, frames_per_chunk: int = 4) -> torch.Tensor:
+    """[F, P, head_dim]: a ViT layer's keys averaged over heads (VisionZip's metric: its SigLIP port reads the keys
+    of the layer feeding the projector). ``hidden`` [F, P, d] is the layer's normalized input; a few frames at a
+    time."""
+    out = []
+    for s in range(0, hidden.shape[0], frames_per_chunk):
+        h = hidden[s : s + frames_per_chunk]
+        out.append(attn.k_proj(h).view(*h.shape[:-1], -1, attn.head_dim).mean(-2))
+    return torch.cat(out)
+
+
+class SiglipHead(torch.nn.Module):
+    """SigLIP's post-layernorm and attention-pooling (MAP) head, applied to the patches that feed the projector as
+    FastVID's official code does (its ``SigLipVisionAbstract``): the llava-hf checkpoints drop the head."""
+
+    def __init__(self, config):
+        from transformers.models.siglip.modeling_siglip import SiglipMultiheadAttentionPoolingHead
+
+        super().__init__()
+        self.post_layernorm = torch.nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.head = SiglipMultiheadAttentionPoolingHead(config)
+
+    def forward(self, hidden: torch.Tensor, frames_per_chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """``hidden`` [F, P, C] -> the pooled output [F, C] and the probe's attention [F, P] (mean over heads),
+        one attention pass for both, a few frames at a time."""
+        pooled, attention = [], []
+        head = self.head
+        for s in range(0, hidden.shape[0], frames_per_chunk):
+            h = self.post_layernorm(hidden[s : s + frames_per_chunk])
+            probe = head.probe.expand(h.shape[0], -1, -1)
+            out, weights = head.attention(probe, h, h, need_weights=True)  # weights averaged over heads
+            out = out + head.mlp(head.layernorm(out))
+            pooled.append(out[:, 0])
+            attention.append(weights[:, 0])
+        return torch.cat(pooled), torch.cat(attention)
+
+
+def load_siglip_head(source, hidden_size: int) -> SiglipHead:
+    """Only the post-layernorm and head weights of the SigLIP checkpoint ``source`` (a hub id, or a local folder
+    for offline use), read tensor by tensor from its safetensors files."""
+    import json
+    import os
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from transformers import SiglipVisionConfig
+
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"siglip_head must be a hub id or a local folder (str or path), got {type(source).__name__}")
+    local = Path(source).is_dir()
+    try:
+        config = SiglipVisionConfig.from_pretrained(source)
+        if local:
+            files = sorted(Path(source).glob("*.safetensors"))
+        else:
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
+
+            try:
+                files = [hf_hub_download(str(source), "model.safetensors")]
+            except EntryNotFoundError:
+                index = json.loads(Path(hf_hub_download(str(source), "model.safetensors.index.json")).read_text())
+                shards = {f for k, f in index["weight_map"].items() if _head_key(k)}
+                files = [hf_hub_download(str(source), f) for f in sorted(shards)]
+    except (OSError, ValueError) as e:
+        hint = "" if local else " (offline: fetch it with `hf download ID --local-dir DIR` and give the folder)"
+        raise ValueError(f"siglip_head={str(source)!r}: cannot read a SigLIP checkpoint there{hint}: {e}") from e
+    if config.hidden_size != hidden_size:
+        raise ValueError(
+            f"siglip_head={str(source)!r}: its hidden size {config.hidden_size} is not the vision tower's {hidden_size}"
+        )
+    state = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                if _head_key(key):
+                    state[_head_key(key)] = f.get_tensor(key)
+    if not any(k.startswith("head.") for k in state):
+        raise ValueError(
+            f"siglip_head={str(source)!r} holds no attention-pooling head weights (saved with vision_use_head=False?)"
+        )
+    module = SiglipHead(config)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"siglip_head={str(source)!r}: its head weights do not fit a SigLIP head: {e}") from e
+    return module.eval()
+
+
+def _head_key(key: str) -> str | None:
+    """A checkpoint key of SigLIP's vision post-layernorm or head, without the ``vision_model.`` prefix (the text
+    tower's own head is not it)."""
+    name = key.removeprefix("vision_model.")
+    return name if name.startswith(("head.", "post_layernorm.")) else None

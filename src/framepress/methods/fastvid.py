@@ -253,6 +253,7 @@ def global_features(x: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor
     paper="Shen et al., FastVID: Dynamic Density Pruning for Fast Video Large Language Models, NeurIPS 2025 (arXiv 2503.11187)",
     budget="official",
     check=check,
+    signals={"scores": "head_attention", "frame_features": "head"},  # SigLIP's MAP head, where the model has one
 )
 def fastvid(
     x: torch.Tensor,

@@ -68,6 +68,7 @@ def similarity_metric(metric, x: torch.Tensor) -> torch.Tensor:
     check=check,
     shown={"dominant_share": "54/64"},
     scale_invariant=True,
+    signals={"scores": "scores", "metric": "keys"},  # in LLaVA-OV: the official port's SigLIP keys
 )
 def visionzip(
     x: torch.Tensor,

@@ -51,8 +51,26 @@ class VideoBlock:
     grid: tuple[int, int, int]
 
 
+#: The vision signals a method may take from a model, each computed while the vision tower encodes (a few frames
+#: at a time) and handed to the method's parameter the registry names (``register(signals=...)``): the shape per
+#: video and, where one stands in for another when the family cannot compute it, the stand-in.
+SIGNALS: dict[str, str] = {
+    "scores": "[T, H, W] each token's contribution in the vision encoder (SigLIP: attention received; Qwen: pseudo-CLS)",
+    "keys": "[T, H, W, D] keys of the vision layer feeding the projector, mean over heads, pooled like the features",
+    "head": "[T, D] SigLIP's attention-pooling (MAP) head output per frame",
+    "head_attention": "[T, H, W] the MAP head probe's attention over the patches, mean over heads, pooled like the features",
+}
+STAND_IN: dict[str, str] = {"head_attention": "scores"}
+#: signals computed by a SigLIP attention-pooling head the user names (``apply(..., siglip_head=...)``)
+HEAD_SIGNALS = frozenset({"head", "head_attention"})
+
+
 class Adapter:
     """One model family. Subclasses set ``rope`` and implement :meth:`video_blocks`."""
+
+    #: the vision signals this family computes (names of :data:`SIGNALS`) -> the method installing their hooks,
+    #: ``method(sink, head)``: hooks handing ``sink`` one tensor per encoded chunk of frames, frames first
+    vision_signals: dict[str, str] = {}
 
     #: "1d" (positions from the attention mask, one row) or "mrope" (rows of (t, h, w) per token)
     rope: str = "1d"
@@ -106,10 +124,15 @@ class Adapter:
         """Hooks that hand ``sink`` each encoded chunk of frames as [frames, H, W, C] before the family's pooling."""
         raise ValueError(f"{self.name} has no parameter-free pooling to replace")
 
-    def score_hooks(self, sink: Callable[[torch.Tensor], None]) -> list[Any]:
-        """Hooks on the vision tower that compute each token's contribution score while it encodes a video and
-        hand ``sink`` one [frames, H, W] map on the LLM grid per encoded chunk of frames."""
-        raise ValueError(f"{self.name} cannot give vision contribution scores")
+    def signal_hooks(self, name: str, sink: Callable[[torch.Tensor], None], head: Any = None) -> list[Any]:
+        """Install the hooks of the vision signal ``name`` (see :attr:`vision_signals`)."""
+        if name not in self.vision_signals:
+            raise ValueError(f"{self.name} cannot give the vision signal {name!r} ({SIGNALS.get(name, 'unknown')})")
+        return getattr(self, self.vision_signals[name])(sink, head)
+
+    def load_head(self, source: Any) -> Any:
+        """The SigLIP attention-pooling head named by ``siglip_head`` (a hub id or a local folder)."""
+        raise ValueError(f"siglip_head: {self.name} has no SigLIP vision tower whose attention-pooling head it could use")
 
 
 def runs(mask: torch.Tensor) -> list[tuple[int, int]]:

@@ -51,7 +51,12 @@ class QwenVL(Adapter):
         merge = self.model.config.vision_config.spatial_merge_size
         return torch.arange(int((grid[:, 0] * grid[:, 1] * grid[:, 2]).sum()) // merge**2, device=grid.device)
 
-    def score_hooks(self, sink):
+    #: Only the scores: the official FastVID Qwen2.5-VL fork itself takes each frame's mean merged token as the
+    #: frame feature and the pseudo-CLS scores as saliency (so fastvid's defaults are the official signals here),
+    #: and VisionZip's official video port (HoliTom's) is LLaVA-OV only, so visionzip compares the features
+    vision_signals = {"scores": "score_hooks"}
+
+    def score_hooks(self, sink, head=None):
         """Pseudo-CLS scores in the last ViT block, per temporal frame (unified spec §4.4)."""
         visual = self.base.visual
         merge = self.model.config.vision_config.spatial_merge_size
