@@ -275,8 +275,10 @@ def fastvid(
 
     Args:
         scores: [T, H, W] saliency of each token in the vision encoder: FastVID's is the probe attention of
-            SigLIP's MAP head, pooled like the features; inside a model framepress supplies the SigLIP
-            attention each token receives (a stand-in), or pass "norm".
+            SigLIP's MAP head, pooled like the features; or pass "norm". Inside LLaVA-OneVision framepress
+            computes it with the head ``apply(..., siglip_head=...)`` names (without one: the SigLIP attention
+            each token receives, a stand-in, with a warning); in Qwen-VL the pseudo-CLS score, as the official
+            Qwen2.5-VL fork does.
         min_segments: DySeg c (8): the c - 1 lowest transitions are always cut.
         tau: DySeg tau (0.9): every transition whose cosine is below it is cut too.
         context_share: STPrune d (0.4), the share of the retained slots that are anchors.
@@ -288,7 +290,8 @@ def fastvid(
         allocation: "official" (the official counts, at most the budget: 3-4% under at 10% of 32x14x14, 23-27%
             at 2%, 5.4-5.8% at 10% of 64x13x13) or "exact" (exactly the budget, the official algorithm otherwise).
         frame_features: [T, D] each frame's global feature for DySeg, FastVID's SigLIP MAP-head output; None:
-            the frame's mean token (the HF LLaVA checkpoints drop the head).
+            the frame's mean token (the HF LLaVA checkpoints drop the head; the official Qwen2.5-VL fork's own
+            choice). Inside LLaVA-OneVision with ``siglip_head``: the head's output, computed per frame.
 
     ``info``: the segment lengths, R (the official per-frame count) and the numbers of salient and context
     (anchor) tokens.

@@ -88,6 +88,8 @@ def visionzip(
         contextual: "sum" (official: target + mean of its assigned tokens) or "mean".
         metric: [T, H, W, D] vectors whose cosine assigns the remaining tokens to contextual targets (official:
             SigLIP last-layer keys, mean over heads, pooled like the features); None: the features themselves.
+            Inside LLaVA-OneVision framepress computes the official keys (of the layer feeding the projector);
+            in Qwen-VL, which the official port does not cover, the features.
 
     The budget is exact: budget // T tokens a frame, one more for the first budget % T frames (a frame with no
     budget is dropped), split int(S * dominant_share) dominant + the rest contextual as the official code does
