@@ -309,7 +309,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             for _ in range(args.repeat):
                 start = time.perf_counter()
                 try:
-                    out = compress(x, name, retention=args.retention, **own)
+                    out = compress(x, name, retention=args.retention, window=args.window, **own)
                 except (ValueError, TypeError) as exc:
                     if len(names) == 1:
                         raise
@@ -442,6 +442,8 @@ def _model_args(p: argparse.ArgumentParser, generates: bool = True) -> None:
     p.add_argument("--max-side", type=_positive, metavar="PIXELS", help="shrink each sampled frame to at most this "
                    "many pixels on its longest side as it is decoded (needed above 8192 px; the model's processor "
                    "resizes anyway)")
+    p.add_argument("--window", type=_positive, metavar="FRAMES", help="the pre-LLM stage compresses the video window "
+                   "by window of this many frames, the budget shared across windows (for long videos)")
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="model dtype")
     if generates:
@@ -473,7 +475,7 @@ def _pipeline(args):
     from .pipeline import load
 
     pipe = load(args.model, args.method, _retention(args.retention), frames=args.frames, device=args.device,
-                dtype=args.dtype, **dict(args.param or []))
+                dtype=args.dtype, window=args.window, **dict(args.param or []))
     pipe.progress = not args.json
     return pipe
 
@@ -757,6 +759,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--retention", type=_share, help="share of tokens to keep, in (0, 1] (default: each method's own)")
     p.add_argument("-p", "--param", type=_param, action="append", metavar="NAME=VALUE", help="method parameter (repeatable)")
     p.add_argument("-o", "--output", help="write the tokens of the (single) method to this .safetensors file")
+    p.add_argument("--window", type=_positive, metavar="FRAMES", help="compress window by window of this many frames, "
+                   "the budget shared across windows in proportion to their novelty (framepress.compress window=)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "float64"], help="cast the features first")
     p.add_argument("--repeat", type=_positive, default=3, help="runs per method; the median time is shown (default 3)")

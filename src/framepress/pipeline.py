@@ -334,6 +334,7 @@ def load(
     frames: int = 32,
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
+    window: int | None = None,
     **params: Any,
 ) -> Pipeline:
     """Load a supported Video-LLM (hub id or local folder) and compress its video tokens with ``method``.
@@ -345,6 +346,8 @@ def load(
         frames: frames sampled from each video (uniformly; see :func:`framepress.video.sample_indices`).
         device: "cpu", "cuda", ... (default: cuda when available); dtype: e.g. "bfloat16" (default: the
             checkpoint's, float32 on CPU).
+        window: the pre-LLM stage compresses each video window by window of this many frames, the budget
+            shared across windows (``framepress.compress(window=)``, :mod:`framepress.stream`); for long videos.
     """
     import transformers
 
@@ -378,4 +381,6 @@ def load(
             raise
         raise ValueError(f"model {source!r} could not be loaded: {damaged}; copy or download it again") from None
     net = net.to(device).eval()
+    if window is not None:
+        params["window"] = window
     return Pipeline(net, tokenizer, source, method, retention, frames, params)

@@ -9,7 +9,8 @@ Model args (everything else is a parameter of the method, checked against its si
 - ``method`` (required): a registered method, or ``none`` for the full-token reference run.
 - ``retention``: the method's budget (``0.1``, ``10%``, ``"10%/5%"``); required unless ``method=none``.
 - ``frames`` (32) or ``fps``: how the video is sampled; ``device``, ``dtype``; ``layer``, ``inner_layer``,
-  ``positions`` as for :func:`framepress.apply`.
+  ``positions``, ``window`` (the pre-LLM stage compresses each video window by window of that many frames,
+  :mod:`framepress.stream`) as for :func:`framepress.apply`.
 - ``max_new_tokens`` (64): used when the task's generation settings give none.
 - ``journal``: a folder where every finished sample is recorded at once; a rerun with the same folder answers
   finished samples from it (:mod:`framepress.evaluation.journal`).
@@ -47,7 +48,7 @@ log = logging.getLogger("framepress")
 
 #: the plugin's own model args (besides the method's parameters)
 PLUGIN_ARGS = ("pretrained", "method", "retention", "frames", "fps", "device", "dtype", "layer", "inner_layer",
-               "positions", "max_new_tokens", "journal", "batch_size", "max_batch_size")
+               "positions", "window", "max_new_tokens", "journal", "batch_size", "max_batch_size")
 #: generation settings of lmms-eval tasks that are passed to ``generate``
 GENERATE_KEYS = ("max_new_tokens", "temperature", "top_p", "num_beams", "do_sample")
 #: ``pretrained=packaged``: the synthetic-domain model inside the package
@@ -100,6 +101,7 @@ class FramepressLMM(lmms):
         layer: int | None = None,
         inner_layer: int | None = None,
         positions: str | None = None,
+        window: int | None = None,
         max_new_tokens: int = 64,
         journal: str | None = None,
         batch_size: int | str = 1,
@@ -135,8 +137,8 @@ class FramepressLMM(lmms):
             device = str(self.accelerator.device)
         elif self._world_size > 1 and str(device).startswith("cuda"):
             device = f"cuda:{self.accelerator.local_process_index}"
-        apply_args = {k: v for k, v in (("layer", layer), ("inner_layer", inner_layer), ("positions", positions))
-                      if v is not None}
+        apply_args = {k: v for k, v in (("layer", layer), ("inner_layer", inner_layer), ("positions", positions),
+                                        ("window", window)) if v is not None}
         try:
             self.pipeline: Pipeline = load(str(pretrained), method, retention, frames=int(frames), device=device,
                                            dtype=dtype, **apply_args, **params)
