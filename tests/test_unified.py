@@ -83,13 +83,59 @@ def test_center_weighted_merge(video):
 def test_dpc_knn_finds_the_obvious_clusters():
     g = torch.Generator().manual_seed(0)
     blobs = torch.cat([torch.randn(20, 8, generator=g) * 0.05 + c for c in (torch.zeros(8), torch.ones(8) * 3, -torch.ones(8) * 3)])
-    d = ops.pairwise_distances(blobs, scale=1 / math.sqrt(8))
-    exact = (blobs.double()[:, None] - blobs.double()[None]).norm(dim=-1) / math.sqrt(8)
-    torch.testing.assert_close(d.double(), exact, rtol=0, atol=2e-3)  # ||a||^2 + ||b||^2 - 2ab loses digits near 0
-    centers, cluster = ops.dpc_knn(d, 3, k=7)
+    centers, cluster = ops.dpc_knn(blobs, 3, k=7, scale=1 / math.sqrt(8))
     assert centers.numel() == 3 and sorted((centers // 20).tolist()) == [0, 1, 2]
     assert all(len(set(cluster[i * 20 : (i + 1) * 20].tolist())) == 1 for i in range(3))
     assert torch.equal(cluster[centers], torch.arange(3))
+
+
+def dpc_knn_full(x, n_centers, k, scale):
+    """The reference: DPC-KNN over the whole N x N distance matrix, every quantity read off it."""
+    n = x.shape[0]
+    d = ((x * x).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2 * x @ x.T).clamp(min=0).sqrt() * scale
+    d.fill_diagonal_(0)
+    density = torch.exp(-(d.topk(k, dim=1, largest=False).values ** 2).mean(1))
+    index = torch.arange(n)
+    denser = (density[None, :] > density[:, None]) | ((density[None, :] == density[:, None]) & (index[None, :] < index[:, None]))
+    delta = torch.where(denser, d, torch.inf).amin(1)
+    delta = torch.where(denser.any(1), delta, d.max())
+    centers = ops.top_indices(density * delta, n_centers)
+    cluster = d[:, centers].argmin(1)
+    cluster[centers] = torch.arange(n_centers)
+    return centers, cluster
+
+
+@pytest.mark.parametrize("block_bytes, neighbours", [(1 << 30, 32), (4096, 8), (2048, 3)])
+@pytest.mark.parametrize("n_centers", [1, 5, 40])
+def test_blocked_dpc_knn_equals_the_full_computation(monkeypatch, block_bytes, neighbours, n_centers):
+    """One strip or many, long or short neighbour lists (many points then need the second pass): the full
+    matrix's centers and clusters (float64, so no rounding decides)."""
+    monkeypatch.setattr(ops, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(ops, "NEIGHBOURS", neighbours)
+    x = synthetic(3, 7, 9, 24, seed=2).reshape(-1, 24).double()
+    want = dpc_knn_full(x, n_centers, 7, 1 / math.sqrt(24))
+    got = ops.dpc_knn(x, n_centers, 7, scale=1 / math.sqrt(24))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def largest_allocation(fn) -> int:
+    """The most bytes any one torch op allocated while fn ran (the CPU allocator, as the profiler sees it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return max(e.self_cpu_memory_usage for e in prof.events())
+
+
+@pytest.mark.parametrize("method", ["unified", "divprune"])
+def test_no_n_by_n_matrix_is_ever_allocated(monkeypatch, method):
+    """With 64 KB blocks, 3,200 tokens (an N x N float32 matrix: 41 MB) run in allocations of a few rows each."""
+    monkeypatch.setattr(ops, "BLOCK_BYTES", 64 << 10)
+    x = synthetic(32, 10, 10, 32, seed=0)
+    params = {"scores": "norm"} if method == "unified" else {}
+    n = x.shape[0] * 100
+    biggest = largest_allocation(lambda: framepress.compress(x, method, retention=0.1, **params))
+    assert biggest < n * n * 4 / 16
 
 
 def test_degenerate_inputs_are_defined():

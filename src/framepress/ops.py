@@ -194,60 +194,124 @@ def group_mean(rows: Rows, group: torch.Tensor, n_groups: int, weight: torch.Ten
     return (mean if scale == 1 else mean * scale).to(sample.dtype)
 
 
-def gram(x: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    """[N, N] dot products of the rows of x [N, C], in the compute dtype. The matrix is symmetric, so only the
-    blocks on and above the diagonal are multiplied (about half of the 2*N^2*C flops) and mirrored."""
-    x = x.to(compute_dtype(x.dtype))
+#: All-pairs work (distances, cosines) is done a block of rows at a time, each block about this many bytes on CPU
+#: (elsewhere ``DEVICE_BLOCK_BYTES``), so memory grows linearly with the number of tokens, never as N x N.
+BLOCK_BYTES = 32 << 20
+DEVICE_BLOCK_BYTES = 1 << 30
+
+
+def block_rows(n_cols: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Rows per block of an [rows, n_cols] all-pairs block of ``dtype`` within the byte budget (at least 1)."""
+    budget = BLOCK_BYTES if device.type == "cpu" else DEVICE_BLOCK_BYTES
+    return max(1, budget // max(1, n_cols * torch.finfo(dtype).bits // 8))
+
+
+def symmetric_strips(x: torch.Tensor):
+    """Yield ``(start, strip)``: strip = the dot products of rows start..start+b of x [N, C] with rows start..N,
+    [b, N - start], its leading [b, b] square made exactly symmetric (the upper triangle mirrored). Every pair is
+    multiplied once (half of the 2*N^2*C flops), so each product has one value wherever it is read, and only one
+    strip is alive at a time."""
     n = x.shape[0]
-    g = torch.empty(n, n, dtype=x.dtype, device=x.device)
-    for i in range(0, n, block):
-        rows = x[i : i + block]
-        upper = rows @ x[i:].T
-        r = rows.shape[0]
-        g[i : i + r, i + r :] = upper[:, r:]
-        g[i + r :, i : i + r] = upper[:, r:].T
-        square = upper[:, :r]
-        g[i : i + r, i : i + r] = square.triu() + square.triu(1).T
-    return g
+    b = block_rows(n, x.dtype, x.device)
+    for start in range(0, n, b):
+        strip = x[start : start + b] @ x[start:].T
+        r = strip.shape[0]
+        square = strip[:, :r]
+        square.copy_(square.triu() + square.triu(1).T)
+        yield start, strip
 
 
-def pairwise_distances(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """[N, N] Euclidean distances ||xi - xj|| * scale between the rows of x [N, C], in the compute dtype: one
-    symmetric :func:`gram`, then in-place steps on it (no other N x N temporaries); zeros on the diagonal."""
-    d = gram(x)
-    sq = d.diagonal().clone()
-    if not bool((sq <= torch.finfo(d.dtype).max / 4).all()):  # squares overflow: distances of x / s, times s, capped
+def _distance_inputs(x: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """x in the compute dtype, its squared row norms and the factor distances are multiplied by; where squares
+    would overflow, x / s (s a power of two) and a factor scale * s (the distances are then capped)."""
+    x = x.to(compute_dtype(x.dtype))
+    sq = (x * x).sum(1)
+    if not bool((sq <= torch.finfo(x.dtype).max / 4).all()):
         s = power_of_two_above(x)
-        d = pairwise_distances(x.to(d.dtype) / s, scale)
-        return d.mul_(s).clamp_(max=torch.finfo(d.dtype).max)
-    d.mul_(-2).add_(sq[:, None]).add_(sq[None, :]).clamp_(min=0).sqrt_().mul_(scale)
-    return d.fill_diagonal_(0)
+        x = x / s
+        return x, (x * x).sum(1), scale * s
+    return x, sq, scale
 
 
-def dpc_knn(distances: torch.Tensor, n_centers: int, k: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+def _distances(dots: torch.Tensor, sq_rows: torch.Tensor, sq_cols: torch.Tensor, factor: float) -> torch.Tensor:
+    """Euclidean distances from dot products, in place: sqrt(max(|a|^2 + |b|^2 - 2 a.b, 0)) * factor."""
+    d = dots.mul_(-2).add_(sq_rows[:, None]).add_(sq_cols[None, :]).clamp_(min=0).sqrt_().mul_(factor)
+    return d.clamp_(max=torch.finfo(d.dtype).max)
+
+
+def _merge_nearest(best_d: torch.Tensor, best_i: torch.Tensor, rows: slice, d: torch.Tensor, i: torch.Tensor) -> None:
+    """Running top-m: rows' m smallest distances (ascending) and their columns, merged with candidates d, i."""
+    values, pick = torch.cat([best_d[rows], d], 1).topk(best_d.shape[1], dim=1, largest=False)
+    best_i[rows] = torch.cat([best_i[rows], i.expand(d.shape[0], -1)], 1).gather(1, pick)
+    best_d[rows] = values
+
+
+#: Nearest neighbours kept per point by :func:`dpc_knn`: a point with a denser one among them has its delta read
+#: from them; only the others (local density peaks, few) get their whole row of distances again.
+NEIGHBOURS = 32
+
+
+def dpc_knn(x: torch.Tensor, n_centers: int, k: int = 7, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Density-peak clustering with k-nearest-neighbour density (DPC-KNN; specs/unified.md §3.3, the canonical
-    implementation shared by Chat-UniVi, PruneVid, HoliTom and FastVID).
+    implementation shared by Chat-UniVi, PruneVid, HoliTom and FastVID) of the rows of x [N, C], over the
+    distances ||xi - xj|| * ``scale`` (canonical: 1 / sqrt(C)), in the compute dtype.
 
-    ``distances`` [N, N] (the canonical scale is ||xi - xj|| / sqrt(C)). Density: exp(-mean squared distance to
-    the k nearest, the point itself included); delta: the distance to the nearest denser point (the densest
-    point: the largest distance of all); centers: the ``n_centers`` largest density x delta. Ties in density are
-    broken by index (lower index counts as denser) instead of the official random noise, so the result is
-    deterministic. Returns the centers (ascending) and each point's cluster in [0, n_centers): its nearest center
-    (a center is its own).
+    Density: exp(-mean squared distance to the k nearest, the point itself included); delta: the distance to the
+    nearest denser point (the densest point: the largest distance of all); centers: the ``n_centers`` largest
+    density x delta. Ties in density are broken by index (lower index counts as denser) instead of the official
+    random noise, so the result is deterministic. Returns the centers (ascending) and each point's cluster in
+    [0, n_centers): its nearest center (a center is its own).
+
+    Never forms the N x N matrix: one pass of :func:`symmetric_strips` keeps each point's ``NEIGHBOURS`` nearest
+    (a running top-k) and the largest distance; the nearest denser point, and the nearest center, are read off
+    that list where it holds them, and only for the other points found by blocks of their rows.
     """
-    n = distances.shape[0]
+    n = x.shape[0]
     n_centers = max(1, min(n_centers, n))
     k = max(1, min(k, n))
-    nearest = distances.topk(k, dim=1, largest=False).values
-    density = torch.exp(-(nearest**2).mean(1))
-    index = torch.arange(n, device=distances.device)
-    denser = (density[None, :] > density[:, None]) | ((density[None, :] == density[:, None]) & (index[None, :] < index[:, None]))
-    delta = torch.where(denser, distances, torch.inf).amin(1)
-    top = ~denser.any(1)
-    delta = torch.where(top, distances.max(), delta)
+    m = min(n, max(k, NEIGHBOURS))
+    x, sq, factor = _distance_inputs(x, scale)
+    dev, index = x.device, torch.arange(n, device=x.device)
+    best_d = torch.full((n, m), torch.inf, dtype=x.dtype, device=dev)
+    best_i = torch.zeros(n, m, dtype=torch.long, device=dev)
+    far = torch.zeros((), dtype=x.dtype, device=dev)
+    for start, strip in symmetric_strips(x):
+        r = strip.shape[0]
+        d = _distances(strip, sq[start : start + r], sq[start:], factor)
+        d[:, :r].fill_diagonal_(0)
+        far = torch.maximum(far, d.max())
+        _merge_nearest(best_d, best_i, slice(start, start + r), d, index[start:])
+        if start + r < n:
+            _merge_nearest(best_d, best_i, slice(start + r, n), d[:, r:].T, index[start : start + r])
+    density = torch.exp(-(best_d[:, :k] ** 2).mean(1))
+    near = density[best_i]
+    denser = (near > density[:, None]) | ((near == density[:, None]) & (best_i < index[:, None]))
+    found = denser.any(1)
+    delta = best_d.gather(1, denser.to(torch.uint8).argmax(1, keepdim=True)).squeeze(1)
+    peaks = torch.nonzero(~found).squeeze(1)
+    b = block_rows(n, x.dtype, dev)
+    for part in range(0, peaks.numel(), b):
+        rows = peaks[part : part + b]
+        d = _distances(x[rows] @ x.T, sq[rows], sq, factor)
+        d[torch.arange(rows.numel(), device=dev), rows] = 0
+        above = (density[None, :] > density[rows, None]) | ((density[None, :] == density[rows, None]) & (index[None, :] < rows[:, None]))
+        nearest = torch.where(above, d, torch.inf).amin(1)
+        delta[rows] = torch.where(torch.isinf(nearest), far, nearest)
     centers = top_indices(density * delta, n_centers)
-    cluster = distances[:, centers].argmin(1)
-    cluster[centers] = torch.arange(n_centers, device=distances.device)
+    # nearest center: read off the neighbour list when a center in it is strictly nearer than the list's last
+    # entry (then no center outside it can be as near; equal distances go to the lower center, as argmin does)
+    rank = torch.full((n,), n_centers, dtype=torch.long, device=dev)
+    rank[centers] = torch.arange(n_centers, device=dev)
+    listed = rank[best_i] < n_centers
+    nearest = torch.where(listed, best_d, torch.inf).amin(1)
+    cluster = torch.where(listed & (best_d == nearest[:, None]), rank[best_i], n_centers).amin(1)
+    known = (nearest < best_d[:, -1]) | (m == n)
+    rest = torch.nonzero(~known).squeeze(1)
+    b = block_rows(n_centers, x.dtype, dev)
+    for part in range(0, rest.numel(), b):
+        rows = rest[part : part + b]
+        cluster[rows] = _distances(x[rows] @ x[centers].T, sq[rows], sq[centers], factor).argmin(1)
+    cluster[centers] = torch.arange(n_centers, device=dev)
     return centers, cluster
 
 
@@ -283,6 +347,9 @@ def nearest_kept(x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     dropped = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     dropped[kept] = False
     target[kept] = torch.arange(kept.numel(), device=x.device)
-    if bool(dropped.any()):
-        target[dropped] = (normalize(x[dropped]) @ normalize(x[kept]).T).argmax(1)
+    rows, unit = torch.nonzero(dropped).squeeze(1), normalize(x[kept])
+    step = block_rows(kept.numel(), unit.dtype, x.device)  # [rows, kept] cosines a block at a time
+    for start in range(0, rows.numel(), step):
+        part = rows[start : start + step]
+        target[part] = (normalize(x[part]) @ unit.T).argmax(1)
     return target

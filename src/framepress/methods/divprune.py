@@ -23,8 +23,9 @@ from ..tokens import Tokens
 def divprune(x: torch.Tensor, budget: int | None) -> Tokens:
     """Greedy max-min diversity: keep the tokens farthest (in cosine distance) from those already kept.
 
-    One symmetric cosine matrix serves the whole greedy: the first pick reads each row's largest off-diagonal
-    cosine, every later pick one column. Ties go to the lower index.
+    The first pick needs each token's largest off-diagonal cosine: one pass of symmetric strips of the cosine
+    matrix (:func:`ops.symmetric_strips`, one strip alive at a time). Each later pick needs one row of it, the
+    pick's cosines to all tokens, formed when it is picked: memory stays linear in N. Ties go to the lower index.
     """
     if budget is None:
         raise ValueError("divprune needs a retention (its budget)")
@@ -32,17 +33,22 @@ def divprune(x: torch.Tensor, budget: int | None) -> Tokens:
     n = T * H * W
     if budget >= n:
         return Tokens.select(x, torch.arange(n, device=x.device))
-    cos = ops.gram(ops.normalize(x.reshape(-1, C)))
-    cos.fill_diagonal_(-torch.inf)
-    first = torch.argmin(cos.amax(1)) if n > 1 else torch.tensor(0, device=x.device)
-    cos.fill_diagonal_(1.0)
+    unit = ops.normalize(x.reshape(-1, C))
+    nearest = torch.full((n,), -torch.inf, dtype=unit.dtype, device=x.device)  # largest off-diagonal cosine
+    for start, strip in ops.symmetric_strips(unit):
+        r = strip.shape[0]
+        strip[:, :r].fill_diagonal_(-torch.inf)
+        nearest[start : start + r] = torch.maximum(nearest[start : start + r], strip.amax(1))
+        if start + r < n:
+            nearest[start + r :] = torch.maximum(nearest[start + r :], strip[:, r:].amax(0))
+    first = torch.argmin(nearest) if n > 1 else torch.tensor(0, device=x.device)
     chosen = torch.empty(budget, dtype=torch.long, device=x.device)
     chosen[0] = first
-    closest = cos[first].clone()  # each token's largest cosine to the chosen set (= smallest distance)
+    closest = unit @ unit[first]  # each token's largest cosine to the chosen set (= smallest distance)
     closest[first] = torch.inf
-    for i in range(1, budget):  # the greedy itself is sequential; each step reads one column
+    for i in range(1, budget):  # the greedy itself is sequential; each step forms one row
         pick = torch.argmin(closest)
         chosen[i] = pick
-        closest = torch.maximum(closest, cos[pick])
+        closest = torch.maximum(closest, unit @ unit[pick])
         closest[pick] = torch.inf
     return Tokens.select(x, chosen.sort().values, {"first": int(first)})

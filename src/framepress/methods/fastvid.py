@@ -326,8 +326,7 @@ def fastvid(
     frame_anchors = {}
     for t in (t for t in range(T) if n_anchors[t]):
         local = torch.nonzero(~salient[t * n : (t + 1) * n]).squeeze(1)
-        distances = ops.pairwise_distances(flat[t * n + local], scale=1 / math.sqrt(C))
-        centers, _ = ops.dpc_knn(distances, n_anchors[t], k)
+        centers, _ = ops.dpc_knn(flat[t * n + local], n_anchors[t], k, scale=1 / math.sqrt(C))
         frame_anchors[t] = t * n + local[centers]
 
     owner = torch.full((T * n,), -1, dtype=torch.long, device=dev)

@@ -181,8 +181,7 @@ def holitom(
             continue
         positions = torch.nonzero(static[w]).squeeze(1)
         averaged = ops.safe_mean(grid[first : last + 1, positions].to(ops.compute_dtype(x.dtype)), 0)
-        distances = ops.pairwise_distances(averaged, scale=1 / math.sqrt(C))
-        centers, cluster = ops.dpc_knn(distances, count, min(k, count))
+        centers, cluster = ops.dpc_knn(averaged, count, min(k, count), scale=1 / math.sqrt(C))
         is_center = torch.zeros(positions.numel(), dtype=torch.bool, device=dev)
         is_center[centers] = True
         others = torch.bincount(cluster, minlength=count) - 1

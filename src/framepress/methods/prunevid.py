@@ -156,8 +156,7 @@ def temporal_segments(frames: torch.Tensor, ratio: float, k: int) -> list[int]:
     T, C = frames.shape
     if T == 1:
         return [1]
-    distances = ops.pairwise_distances(frames.double(), scale=1 / math.sqrt(C))  # float64: module notes
-    _, labels = ops.dpc_knn(distances, max(1, int(T * ratio)), k)
+    _, labels = ops.dpc_knn(frames.double(), max(1, int(T * ratio)), k, scale=1 / math.sqrt(C))  # float64: module notes
     return runs(refine_clusters(labels.tolist()))
 
 
@@ -335,8 +334,7 @@ def prunevid(
         a, w = starts[s], lengths[s]
         rows = time_means[s][positions] if t is None else grid[t] if size == n else grid[t, positions]
         if count < size:
-            distances = ops.pairwise_distances(rows.double(), scale=1 / math.sqrt(C))
-            centers, cluster = ops.dpc_knn(distances, count, k)
+            centers, cluster = ops.dpc_knn(rows.double(), count, k, scale=1 / math.sqrt(C))
             rows = ops.group_mean(rows, cluster, count)
         else:
             centers = cluster = torch.arange(size, device=dev)

@@ -53,19 +53,33 @@ def contribution(x: torch.Tensor, scores) -> torch.Tensor:
 
 def select_diverse(unit: torch.Tensor, order: torch.Tensor, tau: float, limit: int) -> torch.Tensor:
     """The greedy pass of Eq. 2: walk ``order`` and keep a token unless its cosine to a kept one is >= tau, until
-    ``limit`` are kept. ``unit`` [N, C] are the tokens' unit vectors. Exact, in parallel rounds over growing
-    blocks of candidates (:func:`ops.first_fit`); only the cosines of visited candidates are ever formed.
-    Returns the kept token indices in visiting order."""
-    kept = order[:0]
-    start, block = 0, max(64, 2 * limit)
-    while kept.numel() < limit and start < order.numel():
-        cand = order[start : start + block]
-        c = unit[cand]
-        free = (c @ unit[kept].T < tau).all(1) if kept.numel() else torch.ones_like(cand, dtype=torch.bool)
-        taken = ops.first_fit(c @ c.T >= tau, free)
-        kept = torch.cat([kept, cand[taken]])[:limit]
-        start, block = start + block, 2 * block
+    ``limit`` are kept. ``unit`` [N, C] are the tokens' unit vectors. Exact, in rounds: every unvisited candidate
+    carries its largest cosine to the kept pool (the spec's running s_max, updated with each round's new tokens
+    by one blocked product); a round takes the next free candidates (s_max < tau) and settles them among
+    themselves with :func:`ops.first_fit`. Only cosines to kept tokens and within a round are formed, about
+    N x kept x C flops in all. Returns the kept token indices in visiting order."""
+    kept, rest = order[:0], order
+    s_max = torch.full((order.numel(),), -torch.inf, dtype=unit.dtype, device=unit.device)
+    while kept.numel() < limit:
+        free = s_max < tau
+        rest, s_max = rest[free], s_max[free]
+        if not rest.numel():
+            break
+        block = min(rest.numel(), max(64, min(2 * (limit - kept.numel()), ROUND)))
+        c = unit[rest[:block]]
+        taken = ops.first_fit(c @ c.T >= tau, torch.ones(block, dtype=torch.bool, device=unit.device))
+        new = rest[:block][taken][: limit - kept.numel()]
+        kept, rest, s_max = torch.cat([kept, new]), rest[block:], s_max[block:]
+        if kept.numel() < limit:
+            step = ops.block_rows(new.numel() + unit.shape[1], unit.dtype, unit.device)
+            for start in range(0, rest.numel(), step):
+                part = slice(start, start + step)
+                s_max[part] = torch.maximum(s_max[part], (unit[rest[part]] @ unit[new].T).amax(1))
     return kept
+
+
+#: Candidates settled together per round of :func:`select_diverse` (their cosines: ROUND^2 x C flops).
+ROUND = 256
 
 
 def check(p: dict) -> dict:
@@ -123,8 +137,7 @@ def unified(
     n_clusters = min(budget - kept.numel(), pool.numel())
     source = torch.full((n,), -1, dtype=torch.long, device=x.device)
     if n_clusters:
-        distances = ops.pairwise_distances(flat[pool], scale=1 / math.sqrt(C))
-        centers, cluster = ops.dpc_knn(distances, n_clusters, k)
+        centers, cluster = ops.dpc_knn(flat[pool], n_clusters, k, scale=1 / math.sqrt(C))
         weight = None
         if merge == "center":
             size = torch.bincount(cluster, minlength=n_clusters).to(torch.float32)
