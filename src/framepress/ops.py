@@ -206,13 +206,17 @@ def block_rows(n_cols: int, dtype: torch.dtype, device: torch.device) -> int:
     return max(1, budget // max(1, n_cols * torch.finfo(dtype).bits // 8))
 
 
+#: At most this many rows per strip: with s strips the products are (1 + 1/s) / 2 of the full matrix's.
+STRIP_ROWS = 512
+
+
 def symmetric_strips(x: torch.Tensor):
     """Yield ``(start, strip)``: strip = the dot products of rows start..start+b of x [N, C] with rows start..N,
     [b, N - start], its leading [b, b] square made exactly symmetric (the upper triangle mirrored). Every pair is
     multiplied once (half of the 2*N^2*C flops), so each product has one value wherever it is read, and only one
     strip is alive at a time."""
     n = x.shape[0]
-    b = block_rows(n, x.dtype, x.device)
+    b = min(block_rows(n, x.dtype, x.device), STRIP_ROWS)
     for start in range(0, n, b):
         strip = x[start : start + b] @ x[start:].T
         r = strip.shape[0]
