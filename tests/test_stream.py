@@ -134,6 +134,14 @@ def test_long_video_streamed_end_to_end():
         assert len(out.info["windows"]) == T // window
 
 
+def test_finished_windows_hold_only_their_tokens():
+    x = synthetic(8, 4, 4, 8)
+    stream = framepress.Stream("frames", 0.5, window=4)  # keeps whole frames: a view into the window
+    stream.push(x)
+    kept = stream._runner.parts[0].tokens.features
+    assert kept.untyped_storage().nbytes() == kept.numel() * kept.element_size()
+
+
 def test_global_methods_run_two_levels_above_max_tokens():
     x = synthetic(12, 6, 6, 16, seed=2)
     one = framepress.compress(x, "divprune", 0.1)
@@ -176,6 +184,10 @@ def test_bad_arguments_name_them():
         stream.push(torch.zeros(1, 5, 4, 8))
     with pytest.raises(ValueError, match="per-frame"):
         stream.push(x[:1], scores=torch.zeros(1, 4, 4))
+    bad = x[:1].clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="frames contains NaN"):
+        stream.push(bad)  # completes a window: checked as it is compressed
     scored = framepress.Stream("unified", 0.5, window=2)
     with pytest.raises(ValueError, match="scores"):
         scored.push(x[:2])
@@ -229,10 +241,10 @@ def test_iter_frames_streams_what_load_video_loads(tmp_path):
         t = torch.from_numpy(frames).float() / 255
         return t.reshape(len(frames), 6, 8, 8, 8, 3).permute(0, 1, 3, 2, 4, 5).reshape(len(frames), 6, 8, -1)
 
-    stream = framepress.Stream("sttm", 0.2, window=16)
+    stream = framepress.Stream("pool", 0.25, window=16)
     for chunk in video.iter_frames(path, fps=1, chunk=7):
         stream.push(features(chunk))
-    same(stream.tokens(), framepress.compress(features(loaded.frames), "sttm", 0.2, window=16, split="even"))
+    same(stream.tokens(), framepress.compress(features(loaded.frames), "pool", 0.25, window=16, split="even"))
 
 
 def test_iter_frames_bad_chunk(tmp_path):

@@ -11,10 +11,10 @@ import types
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Stream": "stream",
     "Handle": "patch",
     "LayerInputs": "layer",
     "Session": "session",
+    "Stream": "stream",
     "Tokens": "tokens",
     "apply": "patch",
     "compress": "api",

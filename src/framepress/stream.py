@@ -74,6 +74,8 @@ def windowed(
     retention = checks.retention(retention)
     T, H, W, _ = x.shape
     glob = spec.name in GLOBAL_METHODS
+    if glob and retention is None:
+        raise ValueError(f"{spec.name} needs a retention (its budget)")
     max_tokens = _max_tokens(max_tokens, spec)
     split = checks.choice("split", "novelty" if split is None else split, SPLITS)
     if window is None:  # max_tokens alone: windows as large as max_tokens allows
@@ -119,6 +121,8 @@ class Stream:
         if self.spec.stage != "pre-llm":
             raise ValueError(f"{method} runs inside the LLM on hidden states; a Stream takes pre-LLM methods")
         self.retention = checks.retention(retention)
+        if self.retention is None and method in GLOBAL_METHODS:
+            raise ValueError(f"{method} needs a retention (its budget)")
         self.window = checks.integer("window", window, 1)
         self.max_tokens = _max_tokens(max_tokens, self.spec)
         given = sorted(k for k in PER_FRAME if k in params and isinstance(params[k], torch.Tensor))
@@ -142,8 +146,9 @@ class Stream:
         return self._done + self._pending_frames
 
     def push(self, frames: torch.Tensor, **per_frame: torch.Tensor) -> None:
-        """Add the next ``t`` frames' features [t, H, W, C]; compresses every window they complete."""
-        frames = checks.features(frames, "frames")
+        """Add the next ``t`` frames' features [t, H, W, C]; compresses every window they complete. The values'
+        check (finite) runs when their window is compressed, in the same pass that finds their magnitude."""
+        _frames_shape(frames)
         if self._shape is not None and tuple(frames.shape[1:]) != self._shape:
             raise ValueError(f"frames must be [t, H, W, C] with H, W, C = {list(self._shape)} as before, got {list(frames.shape)}")
         self._shape = tuple(frames.shape[1:])
@@ -163,9 +168,15 @@ class Stream:
         self._given = sorted(per_frame)
         self._pending.append((frames, dict(per_frame)))
         self._pending_frames += t
-        while self._pending_frames >= self.window:
-            x, extra = self._take(self.window)
-            self._finish(x, extra, self._runner)
+        if self._pending_frames < self.window:
+            return
+        x, extra = self._joined()  # at most one copy, however many windows the push completes
+        full = x.shape[0] - x.shape[0] % self.window
+        for s in range(0, full, self.window):
+            self._finish(x[s : s + self.window], {k: v[s : s + self.window] for k, v in extra.items()}, self._runner)
+        # the incomplete rest, copied so that the pushed tensors can be let go
+        self._pending = [(x[full:].clone(), {k: v[full:].clone() for k, v in extra.items()})] if full < x.shape[0] else []
+        self._pending_frames = x.shape[0] - full
 
     def tokens(self) -> Tokens:
         """The tokens of every frame pushed so far (the incomplete window compressed as the video's last)."""
@@ -173,20 +184,16 @@ class Stream:
             raise ValueError("no frames pushed yet: push(frames) first")
         runner = self._runner.copy()
         if self._pending_frames:
-            x = torch.cat([f for f, _ in self._pending])
-            extra = {k: torch.cat([e[k] for _, e in self._pending]) for k in self._given}
+            x, extra = self._joined()
             self._add(x, extra, runner, self._done)
         H, W, _ = self._shape
         return runner.result((self.frames, H, W), {"window": self.window, "split": "even" if self.retention is not None else None})
 
-    def _take(self, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The first ``n`` pending frames (and their per-frame values), removed from the pending list."""
-        x = torch.cat([f for f, _ in self._pending])
-        extra = {k: torch.cat([e[k] for _, e in self._pending]) for k in self._given}
-        rest = x[n:]
-        self._pending = [(rest, {k: v[n:] for k, v in extra.items()})] if rest.shape[0] else []
-        self._pending_frames -= n
-        return x[:n], {k: v[:n] for k, v in extra.items()}
+    def _joined(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The pending frames and per-frame values as one tensor each."""
+        if len(self._pending) == 1:
+            return self._pending[0]
+        return torch.cat([f for f, _ in self._pending]), {k: torch.cat([e[k] for _, e in self._pending]) for k in self._given}
 
     def _finish(self, x: torch.Tensor, extra: dict[str, torch.Tensor], runner: _Runner) -> None:
         self._add(x, extra, runner, self._done)
@@ -217,14 +224,14 @@ class _Runner:
 
     def add(self, x: torch.Tensor, t0: int, share: int | None, extra: dict[str, torch.Tensor]) -> None:
         """Compress frames [t0, t0 + len(x)) for ``share`` final tokens."""
-        x, peak = checks.features_and_peak(x)
+        x, peak = checks.features_and_peak(x, "frames")
         n = x.shape[:3].numel()
         keep = share if self.max_tokens is None or share is None else min(n, LEVEL1_FACTOR * share)
         try:
             out = api.run(self.spec, x, peak, keep, self.spec.bind({**self.params, **extra}))
         except ValueError as err:  # e.g. a share below the method's floor: say which window
             raise ValueError(f"window of frames {t0}-{t0 + x.shape[0] - 1} ({keep} tokens of {n}): {err}") from None
-        out = _shift(out, t0)
+        out = _shift(_own(out), t0)
         self.windows.append({"frames": [t0, t0 + x.shape[0]], "budget": share, "kept": len(out), "info": out.info})
         if self.max_tokens is None:
             self.parts.append(_Part(t0, x.shape[0], out, share))
@@ -291,6 +298,26 @@ def _assemble(parts: list[_Part]) -> _Part:
     tokens = Tokens.from_source(features, boxes, source, (frames, H, W), parts[0].tokens.info)
     shares = [p.share for p in parts]
     return _Part(parts[0].t0, frames, tokens, None if None in shares else sum(shares))
+
+
+def _own(out: Tokens) -> Tokens:
+    """The tokens with features of their own: a view into the window (a method that keeps whole frames) would
+    keep the whole window alive as long as the stream."""
+    f = out.features
+    if f.untyped_storage().nbytes() > f.numel() * f.element_size():
+        return Tokens(f.clone(), out.boxes, out.sizes, out.source, out.grid, out.info)
+    return out
+
+
+def _frames_shape(frames: Any) -> None:
+    """A dense floating [t, H, W, C] tensor (the cheap checks; the values' are made with the window's)."""
+    if not isinstance(frames, torch.Tensor):
+        raise TypeError(f"frames must be a torch.Tensor of shape [t, H, W, C], got {type(frames).__name__}")
+    checks.plain_tensor(frames, "frames")
+    if frames.ndim != 4 or frames.numel() == 0:
+        raise ValueError(f"frames must have shape [t, H, W, C] with no empty dimension, got {list(frames.shape)}")
+    if not frames.is_floating_point():
+        raise TypeError(f"frames must be a floating-point tensor, got {frames.dtype}")
 
 
 def _shift(out: Tokens, t0: int) -> Tokens:
