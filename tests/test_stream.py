@@ -252,3 +252,16 @@ def test_iter_frames_bad_chunk(tmp_path):
         video.iter_frames(tmp_path / "x.mp4", fps=1, chunk=0)
     with pytest.raises(TypeError, match="chunk"):
         video.iter_frames(tmp_path / "x.mp4", fps=1, chunk=2.5)
+
+
+def test_cli_compress_window(capsys):
+    from framepress import cli
+
+    assert cli.main(["compress", "--synthetic", "20x4x4x8", "-r", "0.5", "--window", "6", "-m", "random",
+                     "--repeat", "1", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"window": 6' in out and '"split": "novelty"' in out
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["compress", "--synthetic", "20x4x4x8", "--window", "0", "-m", "random"])
+    assert exit_.value.code == 2
+    assert "--window" in capsys.readouterr().err
