@@ -206,17 +206,17 @@ def test_thread_count_does_not_change_the_output(method, params):
 
 
 def test_dycoke_decode_prune_follows_the_official_refresh_rule():
-    from framepress.methods.dycoke import DecodeState, decode_prune
+    from framepress.methods.dycoke import DecodeState, prune_decode_keys
 
     g = torch.Generator().manual_seed(0)
     state = DecodeState()
     first = torch.rand(50, generator=g)
-    keep = decode_prune(first, state)  # the first decode step always selects: int(0.3 * 50) = 15 entries
+    keep = prune_decode_keys(first, state)  # the first decode step always selects: int(0.3 * 50) = 15 entries
     assert torch.equal(keep, torch.sort(first, descending=True).indices[:15].sort().values)
-    assert decode_prune(first * 2, state) is None  # cosine 1 >= 0.9: this step attends to the whole cache
+    assert prune_decode_keys(first * 2, state) is None  # cosine 1 >= 0.9: this step attends to the whole cache
     other = torch.rand(50, generator=g) ** 8  # a different pattern (cosine < 0.9): a fresh selection
     assert float(torch.nn.functional.cosine_similarity(other, first * 2, dim=0)) < 0.9
-    assert torch.equal(decode_prune(other, state), torch.sort(other, descending=True).indices[:15].sort().values)
-    assert decode_prune(other, DecodeState(), prune=0.5).numel() == 25
+    assert torch.equal(prune_decode_keys(other, state), torch.sort(other, descending=True).indices[:15].sort().values)
+    assert prune_decode_keys(other, DecodeState(), prune=0.5).numel() == 25
     with pytest.raises(ValueError, match="prune"):
-        decode_prune(other, state, prune=2.0)
+        prune_decode_keys(other, state, prune=2.0)

@@ -540,7 +540,7 @@ def test_methods_table_fits_a_terminal_and_shows_real_defaults(capsys):
         assert shown in out, shown
     assert "=None (" not in out and "tau_s=None" not in out and "num_frames=None" not in out
     for name in framepress.methods():
-        assert re.search(rf"^{name} +(pre|in)-llm +budget: ", out, re.M), name
+        assert re.search(rf"^{name} +(pre-llm|in-llm|decode) +budget: ", out, re.M), name
 
 
 def test_sttm_info_says_when_a_threshold_switches_merging_off():

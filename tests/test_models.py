@@ -105,7 +105,10 @@ def manual_llava_logits(model, inputs, method, **params):
         return model(inputs_embeds=new, attention_mask=torch.ones(new.shape[:2], dtype=torch.long)).logits
 
 
-@pytest.mark.parametrize("method,params", [("sttm", {"retention": 0.3}), ("pool", {"retention": 0.25}), ("random", {"retention": 0.4})])
+@pytest.mark.parametrize("method,params", [
+    ("sttm", {"retention": 0.3}), ("pool", {"retention": 0.25}), ("random", {"retention": 0.4}),
+    ("sttm", {"retention": 0.3, "window": 2}), ("random", {"retention": 0.4, "window": 3, "split": "even"}),
+])
 def test_pre_llm_equals_compressing_by_hand(llava, method, params):
     inputs = inputs_for(llava)
     expected = manual_llava_logits(llava, inputs, method, **params)
@@ -519,3 +522,79 @@ def test_stats_print_short_and_keep_their_index_lists(llava):
     assert "kept" not in text and "blocks" not in text and len(text) < 200
     assert len(record["stages"][0]["kept"][0]) == record["stages"][0]["visual_out"][0]
     assert len(record["blocks"][0][0][0]) == 64
+
+
+def test_dycoke_stage_2_reads_layer_2_attention_and_masks_the_rest_of_the_visual_keys_from_layer_3():
+    """DyCoke's decode part: at each generated token it reads the new token's attention at layer L-1 = 2 (equal to
+    the eager attention map there) and layers >= 3 attend to the top int(0.3 N) visual keys only (a mask)."""
+    import dataclasses
+
+    model = tiny_model("llava_onevision", attn_implementation="eager")
+    inputs = inputs_for(model, frames=8)
+    seen, masks = [], {}
+    with framepress.apply(model, "dycoke", retention=0.5, refresh=1.0) as handle:
+        decode = handle.stages[-1]
+        fn = decode.method.fn
+
+        def spy(attention, memory, **params):
+            seen.append(attention.clone())
+            chosen = fn(attention, memory, **params)
+            seen.append(chosen)
+            return chosen
+
+        decode.method = dataclasses.replace(decode.method, fn=spy)
+        hooks = [layer.register_forward_pre_hook(
+            lambda m, a, k, i=i: masks.setdefault(i, []).append(k.get("attention_mask")), with_kwargs=True)
+            for i, layer in enumerate(model.model.language_model.layers)]
+        try:
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=3, do_sample=False, suppress_tokens=SPECIAL,
+                                     output_attentions=True, return_dict_in_generate=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        patch = handle._patch
+        visual = torch.nonzero(patch.current.visual[0]).squeeze(1)
+        record = handle.stats[-1]
+    assert record["decode"]["steps"] == 2 and record["decode"]["pruned_steps"] == 2  # refresh=1: every step selects
+    n = visual.numel()
+    for step in range(2):
+        attention, chosen = seen[2 * step], seen[2 * step + 1]
+        eager = out.attentions[step + 1][2][0, :, -1].float().mean(0)[visual]  # layer 2's map at this decode step
+        torch.testing.assert_close(attention, eager, rtol=1e-4, atol=1e-6)
+        assert chosen.numel() == int(0.3 * n)
+        assert torch.equal(chosen, torch.sort(attention, descending=True, stable=True).indices[: int(0.3 * n)].sort().values)
+        for i in range(4):
+            mask = masks[i][step + 1]  # call 0 is the prefill
+            if i < 3:
+                assert mask is None or bool((mask[0, 0, -1] == 0).all())  # layers below L see every key
+            else:
+                blocked = torch.nonzero(mask[0, 0, -1] != 0).squeeze(1)
+                assert set(blocked.tolist()) == set(visual.tolist()) - set(visual[chosen].tolist())
+
+
+def test_dycoke_stage_2_refresh_and_sessions(llava):
+    inputs = inputs_for(llava, frames=8)
+    with framepress.apply(llava, "dycoke", retention=0.5, refresh=-1.0) as handle:  # cosine >= -1: never selects
+        off = generate(llava, inputs, n=4)
+        assert handle.stats[-1]["decode"] == {"stage": "dycoke_decode@layer 3", "steps": 3, "pruned_steps": 0,
+                                              "keys_skipped": 0}
+    with framepress.apply(llava, "dycoke", retention=0.5, decode_prune=0.0) as handle:  # selects, and keeps all
+        assert torch.equal(generate(llava, inputs, n=4), off)
+        assert handle.stats[-1]["decode"]["pruned_steps"] == 0
+    with framepress.apply(llava, "dycoke", retention=0.5) as handle:  # the first step always selects (cosine 0 < 0.9)
+        generate(llava, inputs, n=4)
+        visual = handle.stats[-1]["stages"][0]["visual_out"][0]
+        assert handle.stats[-1]["decode"]["pruned_steps"] >= 1
+        assert handle.stats[-1]["decode"]["keys_skipped"] >= (visual - int(0.3 * visual)) * (4 - 3)
+    with pytest.raises(ValueError, match="decode_prune"):
+        framepress.apply(llava, "dycoke", retention=0.5, decode_prune=2)
+    assert "_framepress_patch" not in llava.__dict__
+    # a Session's appended question is not a generated step; its answers equal one generate over the whole prompt
+    prefix_len = inputs["input_ids"].shape[1] - 3
+    prefix = {k: v[:, :prefix_len] if k in ("input_ids", "attention_mask") else v for k, v in inputs.items()}
+    with framepress.apply(llava, "dycoke", retention=0.5):
+        whole = generate(llava, inputs, n=4)
+        session = framepress.Session(llava, prefix)
+        answer = session.ask(inputs["input_ids"][0, prefix_len:], max_new_tokens=4, do_sample=False, suppress_tokens=SPECIAL)
+    assert torch.equal(answer, whole)

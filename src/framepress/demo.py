@@ -53,8 +53,8 @@ def settings() -> list[tuple[str, object, dict, float]]:
     runs = []
     for name in registry.names():
         spec = registry.get(name)
-        if name.startswith("test_") or any(s.inner and s.inner[0] == name for s in map(registry.get, registry.names())):
-            continue  # an in-LLM part runs with its pre-LLM method
+        if name.startswith("test_") or name in registry.parts():
+            continue  # an in-LLM or decode part runs with its pre-LLM method
         for r in RETENTIONS:
             if spec.inner:
                 runs.append((name, f"{r:.0%}/{r / 2:.1%}", {"inner_layer": INNER_LAYER}, r))

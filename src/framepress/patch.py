@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from . import budget as _budget
-from . import checks, flops, registry
+from . import checks, flops, registry, signals
 from .api import compress
 from .layer import HEADS, LayerInputs
 from .models import Adapter, adapter_for
@@ -37,6 +37,8 @@ from .tokens import Tokens
 log = logging.getLogger("framepress")
 
 POSITIONS = ("reassign", "original")
+#: framepress.compress's arguments that a pre-LLM stage passes on (window by window compression, framepress.stream)
+WINDOW_ARGS = ("window", "max_tokens", "split")
 #: ``Handle.stats`` keeps the records of this many prefills (a long evaluation must not grow without bound)
 STATS_KEPT = 1024
 
@@ -215,6 +217,8 @@ class _Pass:
     appending: bool = False  # this pass appends prompt tokens (not generated ones)
     record: dict[str, Any] = field(default_factory=dict)
     entry_plans: list[list[tuple[Tokens, torch.Tensor]]] = field(default_factory=list)  # per sample: (tokens, anchors)
+    decode_memory: dict[int, dict] = field(default_factory=dict)  # per sample: what a decode part keeps across steps
+    step_keys: torch.Tensor | None = None  # [B, L'] prefix keys the layers from a decode part's layer on attend to now
 
 
 class _Patch:
@@ -356,7 +360,7 @@ class _Patch:
                 "the output would be uncompressed, so it is refused"
             )
         ran = {record["stage"] for record in self.current.record["stages"]}
-        missing = [stage.label for stage in self.stages if stage.label not in ran]
+        missing = [stage.label for stage in self.stages if stage.label not in ran and stage.method.stage != "decode"]
         if missing:
             raise RuntimeError(
                 f"framepress: {', '.join(missing)} did not run on a prefill holding {videos} video tokens "
@@ -501,12 +505,18 @@ class _Patch:
 
     # decoder layers ------------------------------------------------------------------------------------------
     def _on_attention(self, i: int, module, args, kwargs):
-        """Keep what layer K-1's attention needs for signals (the normalized input, rotary tables, validity)."""
+        """Keep what layer K-1's attention needs for signals (the normalized input, rotary tables, validity); at a
+        decode step, let a decode part choose the keys of the layers from K on."""
         p = self.current
         if p.valid is None or not any(s.layer == i + 1 for s in self.stages):
             return
         hidden = kwargs.get("hidden_states", args[0] if args else None)
-        if hidden is None or not _prefill(cache_of(kwargs), i) or hidden.shape[1] != p.valid.shape[1]:
+        cache = cache_of(kwargs)
+        decode = next((s for s in self.stages if s.layer == i + 1 and s.method.stage == "decode"), None)
+        if decode is not None and hidden is not None and not _prefill(cache, i):
+            self._choose_keys(decode, i, module, hidden, kwargs["position_embeddings"], cache)
+            return
+        if hidden is None or not _prefill(cache, i) or hidden.shape[1] != p.valid.shape[1]:
             return
         cos, sin = kwargs["position_embeddings"]
         p.signal[i + 1] = (module, hidden, cos, sin, p.valid)
@@ -519,9 +529,13 @@ class _Patch:
         hidden = args[0] if args else kwargs["hidden_states"]
         cache = cache_of(kwargs)
         prefill = _prefill(cache, i)
-        stages = [s for s in self.stages if s.layer == i]
+        stages = [s for s in self.stages if s.layer == i and s.method.stage != "decode"]
         if prefill and stages and any(p.original_visual):
             return self._cut(i, stages[0], hidden, args, kwargs)
+        chooser = next((s for s in self.stages if s.method.stage == "decode"), None)
+        if not prefill and p.step_keys is not None and chooser is not None and i >= chooser.layer:
+            kwargs = dict(kwargs, attention_mask=self._decode_mask(p.step_keys, hidden, kwargs.get("attention_mask"), cache, i))
+            return args, kwargs
         cuts = [k for k in p.cut_at if (k < i if prefill else k <= i)]
         if not cuts:
             return None
@@ -530,13 +544,47 @@ class _Patch:
         if prefill:  # the decoder loop hands every layer the full-length tables: give the cut ones
             kwargs.update({key: v for key, v in p.layers[k].items() if key != "position_ids" or key in kwargs})
         else:  # decode: keys of this layer are the kept prefix, then the new tokens
-            kwargs["attention_mask"] = self._decode_mask(k, hidden, kwargs.get("attention_mask"), cache, i)
+            kwargs["attention_mask"] = self._decode_mask(p.key_valid[k], hidden, kwargs.get("attention_mask"), cache, i)
             shift = sum(v for c, v in p.reassigned.items() if c <= i)
             if p.appending and isinstance(shift, torch.Tensor) and kwargs.get("position_ids") is not None:
                 # appended prompt tokens continue the reassigned layout, as in a single prefill of the whole prompt
                 positions = kwargs["position_ids"] - shift.to(kwargs["position_ids"].device)
                 kwargs["position_embeddings"] = self.adapter.language_model.rotary_emb(hidden, positions)
         return args, kwargs
+
+    def _choose_keys(self, stage: Stage, i: int, module, hidden: torch.Tensor, position_embeddings, cache) -> None:
+        """A decode part (DyCoke stage 2) reads the new token's attention at layer ``i`` = K-1 and chooses which
+        visual prefix keys the layers from K on attend to in this step (a mask: the cache keeps every entry)."""
+        p = self.current
+        p.step_keys = None
+        B, q = hidden.shape[:2]
+        if q != 1 or p.appending or not any(p.original_visual):
+            return  # prompt tokens a Session appends are not a generated step
+        if p.cut_at:
+            raise ValueError(f"{stage.label} chooses keys of the prefix layout, which an in-LLM cut changed; it cannot follow one")
+        past = cache.layers[i].keys
+        prefix = p.valid.shape[1]
+        valid = torch.cat([p.valid, p.valid.new_ones(B, past.shape[2] - prefix)], 1)
+        cos, sin = position_embeddings
+        attention = signals.decode_attention(module, hidden, cos, sin, past, valid).mean(1)[:, :prefix]
+        keys = p.valid.clone()
+        skipped = 0
+        for b in range(B):
+            visual = torch.nonzero(p.visual[b]).squeeze(1)
+            if not visual.numel():
+                continue
+            with torch.inference_mode():
+                chosen = stage.method.fn(attention[b, visual], p.decode_memory.setdefault(b, {}), **stage.params)
+            if chosen is not None:
+                dropped = torch.ones(visual.numel(), dtype=torch.bool, device=visual.device)
+                dropped[chosen] = False
+                keys[b, visual[dropped]] = False
+                skipped += int(dropped.sum())
+        record = p.record.setdefault("decode", {"stage": stage.label, "steps": 0, "pruned_steps": 0, "keys_skipped": 0})
+        record["steps"] += 1
+        record["pruned_steps"] += int(skipped > 0)
+        record["keys_skipped"] += skipped * (len(self.adapter.layers) - stage.layer)  # per layer from K on
+        p.step_keys = keys if skipped else None
 
     def _cut(self, i: int, stage: Stage, hidden: torch.Tensor, args, kwargs):
         p = self.current
@@ -672,9 +720,9 @@ class _Patch:
         allowed |= torch.eye(L, dtype=torch.bool, device=valid.device)[None, None] & ~valid[:, None, :, None]
         return self._mask_format(allowed, dtype)
 
-    def _decode_mask(self, k: int, hidden, incoming, cache, i: int):
-        p = self.current
-        prefix = p.key_valid[k]
+    def _decode_mask(self, prefix: torch.Tensor, hidden, incoming, cache, i: int):
+        """The 4-D mask of a decode step at layer ``i``: the prefix keys ``prefix`` [B, L'] allows, then the
+        tokens generated since, causally."""
         if incoming is None and bool(prefix.all()):
             return None
         B, q = hidden.shape[:2]
@@ -794,14 +842,19 @@ def apply(
         inner = registry.get(inner_name)
         if second is None and first is not None:
             second = first * share
-    own = {k: v for k, v in params.items() if k in spec.params or inner is None or k not in inner.params}
-    inner_params = {k: v for k, v in params.items() if k not in own}
+    decode = registry.get(spec.decode) if spec.decode is not None and layer is None else None
+    parts = [part for part in (inner, decode) if part is not None]
+    own = {k: v for k, v in params.items() if k in spec.params or not any(k in part.params for part in parts)}
     stages = [_stage(adapter, spec, first, own, layer, positions, siglip_head=siglip_head)]
     if inner is not None:
+        inner_params = {k: v for k, v in params.items() if k not in own and k in inner.params}
         stages.append(_stage(adapter, inner, second, inner_params, inner_layer, None, layer_name="inner_layer"))
         stages[-1].handoff = spec.handoff
     elif inner_layer is not None:
         raise ValueError(f"inner_layer: {method} runs no in-LLM part here")
+    if decode is not None:
+        decode_params = {k: v for k, v in params.items() if k not in own and k in decode.params}
+        stages.append(_stage(adapter, decode, None, decode_params, None, None))
     patch = model.__dict__.get("_framepress_patch")
     taken = {s.layer: s.label for s in patch.stages} if patch is not None else {}
     for stage in stages:
@@ -830,17 +883,23 @@ def apply(
 def _stage(
     adapter: Adapter, spec: registry.Method, retention, params, layer, positions, layer_name="layer", siglip_head=None
 ) -> Stage:
-    """Check one stage's settings against the model and the method."""
-    spec.bind({**{param: None for param in spec.signals}, **params})
+    """Check one stage's settings against the model and the method (a pre-LLM method's ``window``, ``max_tokens``
+    and ``split`` are :func:`framepress.compress`'s own: they stay in the stage's parameters, unbound)."""
+    own = {k: v for k, v in params.items() if spec.stage != "pre-llm" or k not in WINDOW_ARGS}
+    spec.bind({**{param: None for param in spec.signals}, **own})
+    if params.get("window") is not None:
+        checks.integer("window", params["window"], 1)
+    if params.get("max_tokens") is not None:
+        checks.integer("max_tokens", params["max_tokens"], 1)
     n_layers = len(adapter.layers)
-    if layer is None and spec.stage == "in-llm":
+    if layer is None and spec.stage in ("in-llm", "decode"):
         layer = spec.default_layer
         if layer >= n_layers:
             raise ValueError(f"{spec.name} runs at layer {layer} by default, but the model has {n_layers} layers; give {layer_name}")
     if layer is not None:
         layer = checks.integer(layer_name, layer, 1, n_layers - 1)
     if positions is None:
-        positions = "original" if spec.stage == "in-llm" or adapter.rope == "mrope" else "reassign"
+        positions = spec.positions or ("original" if spec.stage == "in-llm" or adapter.rope == "mrope" else "reassign")
     positions = checks.choice("positions", positions, POSITIONS)
     if adapter.rope == "mrope" and positions != "original":
         raise ValueError(f"{adapter.name} uses M-RoPE: kept tokens keep their (t, h, w) positions; positions must be 'original'")

@@ -33,7 +33,8 @@ BUDGET_KINDS = {
     "search": "searches its thresholds: at most the budget, at least 98% of it",
 }
 
-STAGES = ("pre-llm", "in-llm")
+#: "decode": a part that runs at every generated token in a model (DyCoke's KV selection), named by its method
+STAGES = ("pre-llm", "in-llm", "decode")
 
 _REQUIRED = inspect.Parameter.empty
 
@@ -56,7 +57,9 @@ class Method:
     shown: Mapping[str, str] | None = None  # what a default of None means, for the table of methods
     scale_invariant: bool = False  # tokens unchanged and features scaled when x is scaled (cosines and means only)
     handoff: Callable[[Tokens], dict[str, Any]] | None = None  # per-token labels this method's tokens give its inner part
+    decode: str | None = None  # the "decode" method run at every generated token after this one in a model
     signals: Mapping[str, str] = field(default_factory=dict)  # parameter -> vision signal a model computes for it
+    positions: str | None = None  # 1-D RoPE positions of its tokens in a model by default (None: the stage's default)
 
     @property
     def summary(self) -> str:
@@ -107,7 +110,9 @@ def register(
     shown: Mapping[str, str] | None = None,
     scale_invariant: bool = False,
     handoff: Callable[[Tokens], dict[str, Any]] | None = None,
+    decode: str | None = None,
     signals: Mapping[str, str] | None = None,
+    positions: str | None = None,
 ) -> Callable[[Callable[..., Tokens]], Callable[..., Tokens]]:
     """Register ``fn(x, budget, *, **params)`` under ``name``; an in-LLM method gives its paper's ``layer``; a
     pre-LLM method whose paper adds an in-LLM part names it in ``inner`` with the share of the pre-LLM tokens it
@@ -120,13 +125,17 @@ def register(
     only cosines and forms only means and sums, so ``compress`` may rescale an input of extreme magnitude by a
     power of two (exactly) and scale the features back. ``handoff(tokens)`` gives the ``inner`` part parameters
     read off this method's output: [N] integer labels per output token, in output order (PruneVid's blocks).
+    ``decode`` names a "decode"-stage method that a model runs after this one at every generated token
+    (``fn(attention [N], state, **params)``: which visual KV entries the layers from its ``layer`` on attend to).
+    ``positions`` ("original" or "reassign") is the 1-D position rule its tokens take in a model by default where
+    the official code differs from the stage's default (FrameFusion keeps the original positions).
     ``signals`` maps parameters to the vision signals a model computes for them while its tower encodes
     (``framepress.models.base.SIGNALS``, e.g. VisionZip's ``metric`` from the keys); a ``scores`` parameter takes
     the vision ``scores`` unless given otherwise."""
     if budget not in BUDGET_KINDS:
         raise ValueError(f"budget must be one of {sorted(BUDGET_KINDS)}, got {budget!r}")
-    if stage not in STAGES or (stage == "in-llm") != (layer is not None):
-        raise ValueError(f"stage must be one of {STAGES}, with a layer exactly for in-llm; got {stage!r}, {layer!r}")
+    if stage not in STAGES or (stage != "pre-llm") != (layer is not None):
+        raise ValueError(f"stage must be one of {STAGES}, with a layer exactly for in-llm and decode; got {stage!r}, {layer!r}")
 
     def decorate(fn: Callable[..., Tokens]) -> Callable[..., Tokens]:
         if name in _METHODS:
@@ -145,7 +154,7 @@ def register(
 
         method = Method(
             name, checked, paper, budget, stage, query_aware, params, layer, inner, grid, check, shown, scale_invariant,
-            handoff, wanted,
+            handoff, decode, wanted, positions,
         )
         _METHODS[name] = method
         return checked
@@ -172,3 +181,9 @@ def names(stage: str | None = None) -> list[str]:
 def _builtins() -> None:
     """Register the built-in methods on first use (``import framepress`` itself stays light)."""
     importlib.import_module(f"{__package__}.methods")
+
+
+def parts() -> set[str]:
+    """Names of methods that run as another method's part in a model (an in-LLM ``inner`` or a ``decode`` part)."""
+    _builtins()
+    return {m.inner[0] for m in _METHODS.values() if m.inner} | {m.decode for m in _METHODS.values() if m.decode}

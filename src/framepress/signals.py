@@ -94,6 +94,31 @@ def pseudo_cls_scores(
     return (weights / total[frame_of]).mean(1)
 
 
+def decode_attention(
+    attn: torch.nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past_keys: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """[B, heads, S + 1] softmax attention of one decode step's new token over the S cached keys and itself, as
+    the layer computes it (what DyCoke's stage 2 reads at layer L-1).
+
+    ``hidden`` [B, 1, C] is the layer's normalized input, ``cos``/``sin`` [B, 1, d] its rotary tables,
+    ``past_keys`` [B, kv_heads, S, d] the layer's cached (rotated) keys, ``valid`` [B, S] which of them are real
+    (padding gets no attention)."""
+    B, _, _ = hidden.shape
+    head_dim = attn.head_dim
+    q = attn.q_proj(hidden).view(B, 1, -1, head_dim)
+    k = attn.k_proj(hidden).view(B, 1, -1, head_dim)
+    if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm per head before the rotation
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+    q, k = rotate(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # [B, heads, 1, d], [B, kv_heads, 1, d]
+    keys = torch.cat([past_keys, k.to(past_keys.dtype)], 2)
+    keys = keys.repeat_interleave(q.shape[1] // keys.shape[1], dim=1)
+    scores = (q.float() @ keys.float().transpose(-1, -2))[:, :, 0] * attn.scaling  # [B, heads, S + 1]
+    allowed = torch.cat([valid, valid.new_ones(B, 1)], 1)
+    return scores.masked_fill(~allowed[:, None], torch.finfo(scores.dtype).min).softmax(-1)
+
+
 def mean_keys(attn: torch.nn.Module, hidden: torch.Tensor, frames_per_chunk: int = 4) -> torch.Tensor:
     """[F, P, head_dim]: a ViT layer's keys averaged over heads (VisionZip's metric: its SigLIP port reads the keys
     of the layer feeding the projector). ``hidden`` [F, P, d] is the layer's normalized input; a few frames at a

@@ -166,9 +166,10 @@ class FramepressLMM(lmms):
         accepted: list[str] = []
         if method is not None:
             spec = registry.get(method)
-            accepted = [k for k in spec.params if k != "scores"]
-            if spec.inner is not None:
-                accepted += [k for k in registry.get(spec.inner[0]).params if k != "scores" and k not in accepted]
+            for part in (spec, registry.get(spec.inner[0]) if spec.inner else None, spec.decode and registry.get(spec.decode)):
+                if part:  # a model computes a method's vision signals (scores, keys, ...): they are not model_args
+                    accepted += [k for k in part.params if k not in part.signals and k not in accepted]
+            accepted += ["siglip_head"] + (["max_tokens", "split"] if spec.stage == "pre-llm" else [])
         unknown = sorted(set(params) - set(accepted))
         if unknown:
             raise ValueError(

@@ -1,6 +1,6 @@
 """DyCoke (Tao et al., CVPR 2025; specs/baselines.md §5): stage 1, token temporal merging, as the official code
 (KD-TAO/DyCoke ``dycole_ttm``) runs it, and stage 2, decode-time pruning of the visual KV cache
-(:func:`decode_prune`, for a model's decode steps).
+(:func:`prune_decode_keys`, for a model's decode steps).
 
 Stage 1, frame by frame (n = H*W tokens a frame):
 
@@ -112,6 +112,7 @@ def check(p: dict) -> dict:
     budget="official",
     check=check,
     scale_invariant=True,
+    decode="dycoke_decode",
 )
 def dycoke(x: torch.Tensor, budget: int | None, *, prune: float = 0.7, allocation: str = "official") -> Tokens:
     """Keep each pair's first frame; from the second (and each 4-frame window's third frame) the tokens least
@@ -159,7 +160,7 @@ class DecodeState:
     previous: torch.Tensor | None = None
 
 
-def decode_prune(
+def prune_decode_keys(
     attention: torch.Tensor, state: DecodeState, *, prune: float = DECODE_PRUNE, refresh: float = REFRESH
 ) -> torch.Tensor | None:
     """DyCoke stage 2 for one decode step of one sample, as the official code runs it: which visual KV entries
@@ -185,3 +186,21 @@ def decode_prune(
     if similarity >= refresh:
         return None
     return ops.top_indices(current, int((1 - prune) * current.numel()))
+
+
+@register(
+    "dycoke_decode",
+    paper="DyCoke (CVPR 2025) stage 2: dynamic KV-cache pruning at every decode step",
+    budget="exact",
+    stage="decode",
+    layer=DECODE_LAYER,
+    check=lambda p: {"decode_prune": checks.number("decode_prune", p["decode_prune"], 0.0, 1.0),
+                     "refresh": checks.number("refresh", p["refresh"], -1.0, 1.0)},
+)
+def dycoke_decode(
+    attention: torch.Tensor, memory: dict, *, decode_prune: float = DECODE_PRUNE, refresh: float = REFRESH
+) -> torch.Tensor | None:
+    """Stage 2 as a model runs it after ``dycoke``: :func:`prune_decode_keys` with its parameters named apart from
+    stage 1's ``prune`` (``framepress.apply(model, "dycoke", ..., decode_prune=0.7, refresh=0.9)``). ``memory`` is
+    the sample's dict the model keeps across its decode steps (emptied at each prefill)."""
+    return prune_decode_keys(attention, memory.setdefault("state", DecodeState()), prune=decode_prune, refresh=refresh)

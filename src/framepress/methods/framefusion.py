@@ -25,7 +25,8 @@ per position left) evenly spaced tokens are kept, framepress's choice (there is 
 
 The cosines and means use the official formulas in the input's dtype (bit-equal on the golden vectors); a zero
 vector's cosine, NaN there, counts as -2 here (never similar). The official code keeps each merged token's original
-position: on LLaVA-OneVision pass ``positions="original"`` (framepress's pre-LLM default reassigns them).
+position, and so does framepress in a model by default (``positions="original"``, registered; a pre-LLM stage
+otherwise reassigns them).
 
 Difference, documented: the official code repeats the merging after each layer's attention while at least
 ``ratio_lower_bound`` (0.1) of the tokens merge, pruning only after the last merge. framepress merges once, before
@@ -84,6 +85,7 @@ def _check(p: dict) -> dict:
     shown={"cost": "0.3 (without a retention)"},
     scale_invariant=True,
     handoff=lambda tokens: {"quota": torch.full((len(tokens),), tokens.info["keep"], dtype=torch.long)},
+    positions="original",
 )
 def framefusion(
     x: torch.Tensor,
