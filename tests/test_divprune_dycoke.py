@@ -29,15 +29,6 @@ def flat_index(out):
     return out.boxes[:, 0] * H * W + out.boxes[:, 1] * W + out.boxes[:, 2]
 
 
-def threads(n, fn):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        return fn()
-    finally:
-        torch.set_num_threads(before)
-
-
 def assert_same(a, b):
     assert torch.equal(a.features, b.features) and torch.equal(a.source, b.source) and a.info == b.info
 
@@ -197,11 +188,11 @@ def test_dycoke_handles_the_official_crashes_and_dtypes():
 
 @pytest.mark.parametrize("method,params", [("dycoke", {}), ("dycoke", {"retention": 0.4, "allocation": "exact"}),
                                            ("divprune", {"retention": 0.1}), ("divprune", {"retention": 0.5})])
-def test_thread_count_does_not_change_the_output(method, params):
+def test_thread_count_does_not_change_the_output(method, params, on_threads):
     x = synthetic(16, 14, 14, 96, seed=3)
     x[:, 4:9, 2:7] = x[:1, 4:9, 2:7]  # exact copies: cosine ties
-    one = threads(1, lambda: framepress.compress(x, method, **params))
-    two = threads(2, lambda: framepress.compress(x, method, **params))
+    one = on_threads(1, lambda: framepress.compress(x, method, **params))
+    two = on_threads(2, lambda: framepress.compress(x, method, **params))
     assert_same(one, two)
 
 

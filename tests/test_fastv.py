@@ -101,15 +101,8 @@ def test_exactly_the_budget(n, share, seed):
     assert set(torch.nonzero(out.source >= 0).squeeze(1).tolist()) == set(top.tolist())
 
 
-def test_thread_count_does_not_change_the_selection():
+def test_thread_count_does_not_change_the_selection(on_threads):
     case = CASES[0]
     data = np.load(DATA / case["file"])
-    threads = torch.get_num_threads()
-    try:
-        outs = []
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            outs.append(FASTV(layer_inputs(case, data), case["attention_rank"]))
-    finally:
-        torch.set_num_threads(threads)
+    outs = [on_threads(n, lambda: FASTV(layer_inputs(case, data), case["attention_rank"])) for n in (1, 2)]
     assert torch.equal(outs[0].source, outs[1].source) and torch.equal(outs[0].features, outs[1].features)

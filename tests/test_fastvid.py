@@ -5,7 +5,6 @@ code raises, ``allocation="exact"`` and thread-count independence."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -112,17 +111,10 @@ def test_official_crash_case_gives_valid_tokens():
 
 
 @pytest.mark.parametrize("fork", ["onevision", "llavavideo"])
-def test_thread_count_does_not_change_the_output(fork):
+def test_thread_count_does_not_change_the_output(fork, on_threads):
     inputs = load("in_t64_13_c64_video.npz")
-    before = torch.get_num_threads()
-    outs = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            outs.append(framepress.compress(inputs["x"], "fastvid", 0.1, scores=inputs["scores"], fork=fork))
-    finally:
-        torch.set_num_threads(before)
-    a, b = outs
+    a, b = (on_threads(n, lambda: framepress.compress(inputs["x"], "fastvid", 0.1, scores=inputs["scores"], fork=fork))
+            for n in (1, 2))
     assert torch.equal(a.features, b.features) and torch.equal(a.source, b.source) and torch.equal(a.boxes, b.boxes)
 
 

@@ -230,17 +230,10 @@ def test_budgets(T, H, W, seed, share, similarity):
     assert torch.equal(torch.bincount(group, minlength=len(exact)), exact.sizes)
 
 
-def test_thread_count_does_not_change_the_output():
+def test_thread_count_does_not_change_the_output(on_threads):
     case = CASES[0]
     data = np.load(DATA / case["file"])
-    before = torch.get_num_threads()
-    try:
-        outs = []
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            outs.append(run_case(case, data, None))
-    finally:
-        torch.set_num_threads(before)
+    outs = [on_threads(n, lambda: run_case(case, data, None)) for n in (1, 2)]
     for a, b in zip(*outs):
         assert torch.equal(a.features, b.features) and torch.equal(a.source, b.source)
 

@@ -190,16 +190,11 @@ def test_exact_allocation_is_exactly_the_budget(T, H, W, C, retention, seed, sta
     assert len(official) >= 1
 
 
-def test_thread_count_does_not_change_the_output():
+def test_thread_count_does_not_change_the_output(on_threads):
     case = next(c for c in CASES if c["id"] == "c14_t32_14_c64_static_r0.1")
-    threads = torch.get_num_threads()
-    try:
-        outs = []
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            outs += [run_case(case)[0], run_case(case, allocation="exact")[0]]
-    finally:
-        torch.set_num_threads(threads)
+    outs = []
+    for n in (1, 2):
+        outs += on_threads(n, lambda: [run_case(case)[0], run_case(case, allocation="exact")[0]])
     for a, b in ((outs[0], outs[2]), (outs[1], outs[3])):
         assert torch.equal(a.features, b.features) and torch.equal(a.boxes, b.boxes) and torch.equal(a.source, b.source)
 

@@ -234,20 +234,12 @@ def test_full_retention_keeps_every_token(name):
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_results_do_not_depend_on_the_thread_count(name):
+def test_results_do_not_depend_on_the_thread_count(name, on_threads):
     """Near-ties must not flip with the number of threads (float32 reductions split differently): every method
     gives identical tokens with 1 and 2 threads on realistic redundant features."""
     x = synthetic(16, 14, 14, 64, seed=7)
     extra = _inputs_for(name, x)
-    threads = torch.get_num_threads()
-    try:
-        out = []
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            out.append(framepress.compress(x, name, 0.25 if registry.get(name).budget != "steps" else 0.3, **extra))
-    finally:
-        torch.set_num_threads(threads)
-    assert_same(*out)
+    assert_same(*(on_threads(n, lambda: framepress.compress(x, name, 0.25, **extra)) for n in (1, 2)))
 
 
 # ---------------------------------------------------------------------------------------------------------------

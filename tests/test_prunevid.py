@@ -23,15 +23,6 @@ def cases(method):
     return [(c["name"], c) for c in json.loads((DATA / method / "manifest.json").read_text())["cases"]]
 
 
-def threads(n, fn):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        return fn()
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def clip():
     """12 frames of 10 x 10 in three scenes, low noise (static positions), with a 5 x 4 patch of fresh noise in
@@ -459,17 +450,17 @@ def test_prunevid_prune_exact_allocation(sizes, share, alpha, seed, with_budget,
 
 
 @pytest.mark.parametrize("retention", [None, 0.1])
-def test_prunevid_thread_count_does_not_change_the_output(retention):
+def test_prunevid_thread_count_does_not_change_the_output(retention, on_threads):
     x = synthetic(16, 14, 14, 96, seed=7, noise=0.2)
     x[:, 3:8, 3:9] = x[:1, 3:8, 3:9]  # static copies: ties in densities and cosines
-    one = threads(1, lambda: framepress.compress(x, "prunevid", retention=retention))
-    two = threads(2, lambda: framepress.compress(x, "prunevid", retention=retention))
+    one = on_threads(1, lambda: framepress.compress(x, "prunevid", retention=retention))
+    two = on_threads(2, lambda: framepress.compress(x, "prunevid", retention=retention))
     assert torch.equal(one.features, two.features) and torch.equal(one.source, two.source) and one.info == two.info
     g = torch.Generator().manual_seed(1)
     attention = torch.rand(5, len(one), generator=g)
     inputs = LayerInputs(one.features, torch.randn(5, 96), None, 11, _attention=lambda w, h: attention)
-    a = threads(1, lambda: prunevid_prune(inputs, 80, blocks=blocks(one)))
-    b = threads(2, lambda: prunevid_prune(inputs, 80, blocks=blocks(one)))
+    a = on_threads(1, lambda: prunevid_prune(inputs, 80, blocks=blocks(one)))
+    b = on_threads(2, lambda: prunevid_prune(inputs, 80, blocks=blocks(one)))
     assert torch.equal(a.source, b.source) and torch.equal(a.features, b.features)
 
 

@@ -79,16 +79,9 @@ def test_exactly_the_budget_with_any_metric(T, H, W, C, D, retention, share, see
     assert len(out) == max(1, round(retention * T * H * W))
 
 
-def test_thread_count_does_not_change_the_output():
+def test_thread_count_does_not_change_the_output(on_threads):
     case = next(c for c in CASES if c["id"] == "c11_t32_14_c64_static_S30")
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = [run_case(case, keys) for keys in (False, True)]
-        torch.set_num_threads(2)
-        two = [run_case(case, keys) for keys in (False, True)]
-    finally:
-        torch.set_num_threads(threads)
+    one, two = (on_threads(n, lambda: [run_case(case, keys) for keys in (False, True)]) for n in (1, 2))
     for a, b in zip(one, two):
         assert torch.equal(a.features, b.features) and torch.equal(a.boxes, b.boxes) and torch.equal(a.source, b.source)
 

@@ -372,7 +372,7 @@ def load(
                f"Download it where the hub is reachable (hf download {source} --local-dir DIR), copy "
                "DIR here and pass the folder: --model DIR")
         ) from None
-    except Exception as exc:
+    except Exception:
         # safetensors raises its own SafetensorError for a damaged or truncated weights file: name the file
         from .packaged import damaged_weights
 
