@@ -89,7 +89,9 @@ def measure(method: str, frames: int, args) -> dict:
     except subprocess.TimeoutExpired:
         return {"timeout": True}
     except subprocess.CalledProcessError as e:
-        return {"error": e.stderr.strip().splitlines()[-1] if e.stderr.strip() else f"exit {e.returncode}"}
+        last = e.stderr.strip().splitlines()[-1] if e.stderr.strip() else f"exit {e.returncode}"
+        print(f"{method} {frames} frames: {last}", flush=True)
+        return {"error": last.split(":")[0]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -117,7 +119,7 @@ def sweep(args) -> list[str]:
             if "timeout" in r:
                 cells.append(f"> {args.timeout:.0f} s (stopped)")
             elif "error" in r:
-                cells.append(f"error: {r['error'][:60]}")
+                cells.append(f"refused ({r['error']})")
             else:
                 cells.append(f"{r['s']:.3g} s / {r['mb']:.0f} MB")
                 times.append((frames, r["s"]))

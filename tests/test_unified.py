@@ -96,7 +96,8 @@ def dpc_knn_full(x, n_centers, k, scale):
     d.fill_diagonal_(0)
     density = torch.exp(-(d.topk(k, dim=1, largest=False).values ** 2).mean(1))
     index = torch.arange(n)
-    denser = (density[None, :] > density[:, None]) | ((density[None, :] == density[:, None]) & (index[None, :] < index[:, None]))
+    other, mine = density[None, :], density[:, None]
+    denser = (other > mine) | ((other == mine) & (index[None, :] < index[:, None]))
     delta = torch.where(denser, d, torch.inf).amin(1)
     delta = torch.where(denser.any(1), delta, d.max())
     centers = ops.top_indices(density * delta, n_centers)

@@ -298,7 +298,8 @@ def dpc_knn(x: torch.Tensor, n_centers: int, k: int = 7, scale: float = 1.0) -> 
         rows = peaks[part : part + b]
         d = _distances(x[rows] @ x.T, sq[rows], sq, factor)
         d[torch.arange(rows.numel(), device=dev), rows] = 0
-        above = (density[None, :] > density[rows, None]) | ((density[None, :] == density[rows, None]) & (index[None, :] < rows[:, None]))
+        mine = density[rows, None]
+        above = (density[None, :] > mine) | ((density[None, :] == mine) & (index[None, :] < rows[:, None]))
         nearest = torch.where(above, d, torch.inf).amin(1)
         delta[rows] = torch.where(torch.isinf(nearest), far, nearest)
     centers = top_indices(density * delta, n_centers)
