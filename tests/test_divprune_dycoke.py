@@ -58,6 +58,24 @@ def test_divprune_is_the_greedy_max_min_selection(retention):
     assert kept == max_min_reference(x.reshape(-1, 16), k)
 
 
+@pytest.mark.parametrize("block_bytes, batch, shortlist", [(2048, 3, 1), (4096, 64, 2), (1 << 30, 1, 64)])
+def test_divprune_in_small_blocks_is_the_same_selection(monkeypatch, block_bytes, batch, shortlist):
+    """Many strips, picks applied a few at a time, shortlists that often cannot settle a pick: the full-matrix
+    greedy's selection still."""
+    import importlib
+
+    from framepress import ops
+
+    framepress.methods()
+    module = importlib.import_module("framepress.methods.divprune")
+    monkeypatch.setattr(ops, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(module, "BATCH", batch)
+    monkeypatch.setattr(module, "SHORTLIST", shortlist)
+    x = synthetic(4, 6, 6, 16, seed=5)
+    out = framepress.compress(x, "divprune", retention=0.3)
+    assert torch.nonzero(out.source >= 0).squeeze(1).tolist() == max_min_reference(x.reshape(-1, 16), 43)
+
+
 def test_divprune_degenerate():
     same = framepress.compress(torch.ones(2, 3, 3, 4), "divprune", retention=0.5)
     assert len(same) == 9
