@@ -5,6 +5,7 @@ handlers first) does not wait for torch and transformers.
 """
 
 import importlib
+import importlib.util
 import sys
 import types
 
@@ -27,6 +28,8 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
+        if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f".{name}", __name__)  # framepress.registry, framepress.video, ...
         raise AttributeError(f"module 'framepress' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value
