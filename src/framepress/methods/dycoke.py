@@ -106,6 +106,22 @@ def check(p: dict) -> dict:
     return p
 
 
+#: cut frames compared at a time: the copies a comparison makes stay a few frames big, never the video's
+FRAMES_PER_CHUNK = 8
+
+
+def _similarity(grid: torch.Tensor, role: torch.Tensor, ref: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+    """[len(cut), n] cosine of each token of the frames ``cut`` to the same position of its reference frame. The
+    official pair loop normalizes before its cosine, the window loop does not: the same up to rounding, which
+    decides among near-identical tokens, so each loop's arithmetic is kept (frame by frame, so chunking the frames
+    changes no bit)."""
+    cd = ops.compute_dtype(grid.dtype)
+    a, b = grid[cut].to(cd), grid[ref[cut]].to(cd)
+    cos, unit = torch.nn.functional.cosine_similarity, torch.nn.functional.normalize
+    pair = ((role[cut] == PAIR) | (role[cut] == DROPPED))[:, None]
+    return torch.where(pair, cos(unit(a, dim=-1), unit(b, dim=-1), dim=-1), cos(a, b, dim=-1))
+
+
 @register(
     "dycoke",
     paper="Tao et al., DyCoke: Dynamic Compression of Tokens for Fast Video LLMs, CVPR 2025",
@@ -132,14 +148,8 @@ def dycoke(x: torch.Tensor, budget: int | None, *, prune: float = 0.7, allocatio
     role, ref = role.to(x.device), ref.to(x.device)
     grid = x.reshape(T, n, C)
     cut = torch.nonzero(ref >= 0).squeeze(1)
-    cd = ops.compute_dtype(x.dtype)
-    a, b = grid[cut].to(cd), grid[ref[cut]].to(cd)
-    cos = torch.nn.functional.cosine_similarity
-    pair = ((role[cut] == PAIR) | (role[cut] == DROPPED))[:, None]
-    # the official pair loop normalizes before its cosine, the window loop does not: the same up to rounding,
-    # which decides among near-identical tokens, so each loop's arithmetic is kept
-    unit = torch.nn.functional.normalize
-    similarity = torch.where(pair, cos(unit(a, dim=-1), unit(b, dim=-1), dim=-1), cos(a, b, dim=-1))
+    parts = [_similarity(grid, role, ref, part) for part in cut.split(FRAMES_PER_CHUNK)]
+    similarity = torch.cat(parts) if parts else grid.new_zeros(0, n)
     order = torch.sort(similarity, dim=1, stable=True).indices  # least similar first
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=x.device).expand(cut.numel(), n))
     kept = torch.ones(T, n, dtype=torch.bool, device=x.device)
