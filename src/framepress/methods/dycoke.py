@@ -106,20 +106,19 @@ def check(p: dict) -> dict:
     return p
 
 
-#: cut frames compared at a time: the copies a comparison makes stay a few frames big, never the video's
-FRAMES_PER_CHUNK = 8
-
-
 def _similarity(grid: torch.Tensor, role: torch.Tensor, ref: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
-    """[len(cut), n] cosine of each token of the frames ``cut`` to the same position of its reference frame. The
-    official pair loop normalizes before its cosine, the window loop does not: the same up to rounding, which
-    decides among near-identical tokens, so each loop's arithmetic is kept (frame by frame, so chunking the frames
-    changes no bit)."""
+    """[len(cut), n] cosine of each token of the frames ``cut`` to the same position of its reference frame, frame
+    by frame as the official loops run (on [n, C] slices: no copy of the video, and 3x faster than one batched
+    call here). The official pair loop normalizes before its cosine, the window loop does not: the same up to
+    rounding, which decides among near-identical tokens, so each loop's arithmetic is kept."""
     cd = ops.compute_dtype(grid.dtype)
-    a, b = grid[cut].to(cd), grid[ref[cut]].to(cd)
     cos, unit = torch.nn.functional.cosine_similarity, torch.nn.functional.normalize
-    pair = ((role[cut] == PAIR) | (role[cut] == DROPPED))[:, None]
-    return torch.where(pair, cos(unit(a, dim=-1), unit(b, dim=-1), dim=-1), cos(a, b, dim=-1))
+    pairs = ((role[cut] == PAIR) | (role[cut] == DROPPED)).tolist()
+    rows = []
+    for t, r, pair in zip(cut.tolist(), ref[cut].tolist(), pairs):
+        a, b = grid[t].to(cd), grid[r].to(cd)
+        rows.append(cos(unit(a, dim=-1), unit(b, dim=-1), dim=-1) if pair else cos(a, b, dim=-1))
+    return torch.stack(rows) if rows else grid.new_zeros(0, grid.shape[1], dtype=cd)
 
 
 @register(
@@ -148,8 +147,7 @@ def dycoke(x: torch.Tensor, budget: int | None, *, prune: float = 0.7, allocatio
     role, ref = role.to(x.device), ref.to(x.device)
     grid = x.reshape(T, n, C)
     cut = torch.nonzero(ref >= 0).squeeze(1)
-    parts = [_similarity(grid, role, ref, part) for part in cut.split(FRAMES_PER_CHUNK)]
-    similarity = torch.cat(parts) if parts else grid.new_zeros(0, n)
+    similarity = _similarity(grid, role, ref, cut)
     order = torch.sort(similarity, dim=1, stable=True).indices  # least similar first
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=x.device).expand(cut.numel(), n))
     kept = torch.ones(T, n, dtype=torch.bool, device=x.device)
