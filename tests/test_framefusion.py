@@ -1,5 +1,5 @@
 """FrameFusion equals the official code on the golden vectors (tests/data/framefusion, from
-/work/shared/golden/framefusion): the merge on the embeddings, the official cost rule and budget-bound merge, and
+shared/golden/framefusion): the merge on the embeddings, the official cost rule and budget-bound merge, and
 the prune by the last query's attention over the merged sequence (computed by framepress.signals from the merged
 sequence's q/k, as layer 0 computes them in a model); exact budgets; thread independence; each model family."""
 
