@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ import framepress
 from framepress.features import synthetic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from docs_section import write_section  # noqa: E402
+from docs_section import cpu_name, write_section  # noqa: E402
 
 #: (method, retention): every pre-LLM method at the paper's ~2% and at 10%
 RUNS = [(m, r) for r in (0.02, 0.1) for m in ("unified", "fastvid", "holitom", "visionzip", "prunevid", "divprune",
@@ -127,7 +126,7 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here (use --device cpu for a smoke run)")
     dtype = getattr(torch, args.dtype)
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     grid = grid_runs(args, device, dtype)
     hour = hour_runs(args, device, dtype)
     if args.doc:

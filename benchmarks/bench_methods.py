@@ -27,7 +27,7 @@ import framepress
 from framepress.features import synthetic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from docs_section import write_section  # noqa: E402
+from docs_section import cpu_name, write_section  # noqa: E402
 
 SHAPES = [(32, 14, 14, 3584), (64, 13, 13, 3584)]
 
@@ -75,14 +75,6 @@ def median_ms(fn, repeat: int, device: torch.device) -> tuple[float, object]:
     return 1000 * statistics.median(times), out
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def official_sttm(path: str):

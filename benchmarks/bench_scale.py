@@ -33,8 +33,7 @@ from framepress import registry
 from framepress.features import synthetic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_methods import cpu_name  # noqa: E402
-from docs_section import write_section  # noqa: E402
+from docs_section import cpu_name, write_section  # noqa: E402
 
 GRID, CHANNELS = (14, 14), 3584
 

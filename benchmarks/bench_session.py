@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ttft import VIDEO_TOKEN, build, cpu_name  # noqa: E402
-from docs_section import write_section  # noqa: E402
+from bench_ttft import VIDEO_TOKEN, build  # noqa: E402
+from docs_section import cpu_name, write_section  # noqa: E402
 
 import framepress  # noqa: E402
 from framepress.features import synthetic  # noqa: E402

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from docs_section import write_section  # noqa: E402
+from docs_section import cpu_name, write_section  # noqa: E402
 RETENTIONS = [0.5, 0.3, 0.1, 0.02]
 METHODS = ["pool", "sttm", "fastv"]
 
@@ -157,11 +157,6 @@ def child(args) -> dict:
     return result
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def parent(args) -> str:

@@ -1,8 +1,10 @@
-"""Write one benchmark's table into docs/benchmarks.md, between its own markers, atomically."""
+"""What every benchmark shares: its table written into docs/benchmarks.md between its own markers, atomically,
+and the machine's name for the record."""
 
 from __future__ import annotations
 
 import os
+import platform
 import tempfile
 from pathlib import Path
 
@@ -22,3 +24,14 @@ def write_section(text: str, key: str, heading: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(doc)
     os.replace(tmp, DOC)
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
