@@ -162,6 +162,9 @@ def random_frames(model: torch.nn.Module, frames: int, seed: int = 0, size: int 
 
 #: The tiny checkpoints' words: enough for the demo's questions and for answers to read as words.
 WORDS = ["user", "assistant", "system", "what", "which", "how", "many", "is", "are", "the", "a", "an", "of", "in", "on", "at", "to", "and", "or", "video", "frame", "frames", "shape", "shapes", "object", "objects", "color", "colour", "red", "green", "blue", "yellow", "white", "black", "orange", "purple", "square", "circle", "triangle", "star", "appears", "appeared", "briefly", "first", "last", "left", "right", "up", "down", "moving", "moves", "still", "static", "scene", "cut", "there", "count", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "yes", "no", "describe", "happens", "that", "big", "appear", "way", "does", "move"]
+#: Words of the real-regime questions (:data:`framepress.synth.REAL_KINDS`), appended so that every earlier word keeps
+#: its id (the packaged checkpoint's tokenizer was saved with the list above).
+WORDS += ["small", "second", "times", "where", "mark", "after"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|> {{ m['role'] }} {% if m['content'] is string %}{{ m['content'] }} "
     "{% else %}{% for c in m['content'] %}{% if c['type'] == 'video' %}<video> {% else %}{{ c['text'] }} "
