@@ -1,0 +1,196 @@
+"""vLLM's LLaVA-OneVision with framepress: the processor lays out the budget, the model compresses after pooling.
+
+- Prompt processing (:class:`LlavaOnevisionProcessor`): each video gets ``settings.count((T, h, w))``
+  placeholders for its grid, (h, w) the frame's side after the family's 2x2 pooling (14x14 at 384 px), then the
+  image newline that closes the video, exactly as vLLM lays it out (one token after the whole video).
+- Encoding (:meth:`LlavaOnevision._process_video_pixels`): each video's pooled grid [T, h, w, C] is compressed
+  and the kept tokens go in their representatives' raster order t*h*w + y0*w + x0 (where framepress's HF adapter
+  places them), then the newline. A method on the unpooled grid (ST-GridPool) takes the projector's
+  [T, 27, 27, C] output instead of the pooling, at the share of it that keeps the pooled grid's budget (as the HF
+  adapter does), its tokens in output order.
+
+Positions on LLaVA are 1-D and contiguous, so the compressed layout needs no position rewrite. Without a
+``framepress`` entry in the model config the processor and the model are vLLM's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from vllm.model_executor.models.llava_onevision import (
+    LlavaOnevisionDummyInputsBuilder,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionMultiModalProcessor,
+    LlavaOnevisionProcessingInfo,
+)
+from vllm.model_executor.models.utils import WeightsMapper
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.parse import VideoEmbeddingItems, VideoProcessorItems
+from vllm.multimodal.processing import PromptReplacement
+
+from .. import budget as _budget
+from ..tokens import Tokens
+from . import settings as _settings
+
+#: the vision signals framepress computes in vLLM's LLaVA-OneVision tower (none yet: methods that read scores or
+#: keys are refused at start-up with the reason)
+SIGNALS: dict[str, str] = {}
+FAMILY = "LLaVA-OneVision"
+
+
+def settings_of(config: Any) -> _settings.Settings | None:
+    """The checked ``framepress`` entry of a model config, for this family's signals; None without one."""
+    raw = getattr(config, "framepress", None)
+    return None if raw is None else _settings.parse(raw, FAMILY, SIGNALS)
+
+
+def pooled_side(info: LlavaOnevisionProcessingInfo, image_width: int, image_height: int) -> int:
+    """Tokens per side of a video frame after pooling, as vLLM counts them."""
+    per_frame = info._get_num_frame_tokens(image_width=image_width, image_height=image_height)
+    side = math.isqrt(per_frame)
+    if side * side != per_frame:
+        raise RuntimeError(f"framepress: vLLM counts {per_frame} tokens per video frame, not a square grid")
+    return side
+
+
+def num_video_tokens(
+    info: LlavaOnevisionProcessingInfo,
+    settings: _settings.Settings | None,
+    *,
+    image_width: int,
+    image_height: int,
+    num_frames: int,
+) -> int:
+    """A video's placeholders: vLLM's count, with its T*h*w grid tokens replaced by what the method keeps (the
+    newline stays)."""
+    full = info.get_num_video_tokens(image_width=image_width, image_height=image_height, num_frames=num_frames)
+    if settings is None:
+        return full
+    side = pooled_side(info, image_width, image_height)
+    newline = full - num_frames * side * side
+    return settings.count((num_frames, side, side)) + newline
+
+
+class LlavaOnevisionProcessor(LlavaOnevisionMultiModalProcessor):
+    """vLLM's LLaVA-OneVision processor, with each video's placeholders cut to the method's count."""
+
+    def __init__(self, info, dummy_inputs, *args, **kwargs) -> None:
+        self.framepress = settings_of(info.get_hf_config())
+        super().__init__(info, dummy_inputs, *args, **kwargs)
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs: Mapping[str, object], out_mm_kwargs) -> Sequence:
+        updates = super()._get_prompt_updates(
+            mm_items=mm_items, hf_processor_mm_kwargs=hf_processor_mm_kwargs, out_mm_kwargs=out_mm_kwargs
+        )
+        settings = self.framepress
+        if settings is None:
+            return updates
+        video_token_id = self.info.get_hf_config().video_token_index
+
+        def own(update):
+            def replacement(item_idx: int):
+                videos = mm_items.get_items("video", (VideoEmbeddingItems, VideoProcessorItems))
+                if isinstance(videos, VideoEmbeddingItems):  # given embeddings are not compressed
+                    return update.replacement(item_idx)
+                size = videos.get_frame_size(item_idx)
+                n = num_video_tokens(self.info, settings, image_width=size.width, image_height=size.height,
+                                     num_frames=videos.get_num_frames(item_idx))
+                return [video_token_id] * n
+
+            return PromptReplacement(modality="video", target=update.target, replacement=replacement)
+
+        return [own(u) if u.modality == "video" else u for u in updates]
+
+
+def in_sequence_order(tokens: Tokens) -> torch.Tensor:
+    """[N, C] the tokens' features in the order of their representatives' flat index t*H*W + y0*W + x0: where
+    framepress's HF adapter places tokens that stand at representatives."""
+    T, H, W = tokens.grid
+    t, y0, x0 = tokens.boxes[:, 0], tokens.boxes[:, 1], tokens.boxes[:, 2]
+    rep = t * (H * W) + y0 * W + x0
+    if torch.unique(rep).numel() != rep.numel():
+        raise RuntimeError("framepress: two output tokens share a representative; cannot place them in the sequence")
+    return tokens.features[torch.sort(rep, stable=True).indices]
+
+
+def compress_pooled(settings: _settings.Settings, x: torch.Tensor, signals=None) -> torch.Tensor:
+    """One video's pooled grid x [T, h, w, C] -> [N, C]: the kept tokens in sequence order (N = the count)."""
+    return in_sequence_order(settings.compress(x, signals))
+
+
+def unpooled_share(settings: _settings.Settings, pooled: tuple[int, int, int], unpooled: tuple[int, int, int]):
+    """The retention on the unpooled grid that keeps the pooled grid's budget (framepress's HF patch does the
+    same): tokens_for(retention, T*h*w) / (T*H*W)."""
+    if settings.retention is None:
+        return None
+    return _budget.tokens_for(settings.retention, math.prod(pooled)) / math.prod(unpooled)
+
+
+def compress_unpooled(settings: _settings.Settings, raw: torch.Tensor, pooled: tuple[int, int, int],
+                      signals=None) -> torch.Tensor:
+    """One video's unpooled grid raw [T, H, W, C] (a method that replaces the pooling) -> [N, C] in output
+    order; N must be the pooled grid's count, the video's placeholders."""
+    share = unpooled_share(settings, pooled, tuple(raw.shape[:3]))
+    tokens = dataclasses.replace(settings, retention=share).compress(raw, signals)
+    expected = settings.count(pooled)
+    if len(tokens) != expected:
+        T, h, w = pooled
+        raise RuntimeError(
+            f"framepress: {settings.method} kept {len(tokens)} tokens of a {'x'.join(map(str, raw.shape[:3]))} "
+            f"unpooled video, but its prompt has {expected} placeholders (the {T}x{h}x{w} pooled grid's budget); "
+            "refusing to serve a misaligned request"
+        )
+    return tokens.features
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    LlavaOnevisionProcessor,
+    info=LlavaOnevisionProcessingInfo,
+    dummy_inputs=LlavaOnevisionDummyInputsBuilder,
+)
+class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
+    """vLLM's LLaVA-OneVision, compressing each video's visual tokens with the config's ``framepress`` entry."""
+
+    #: vLLM's names, and those of a checkpoint whose tower is saved without its ``vision_model`` level (framepress's
+    #: packaged model, ``framepress.packaged``)
+    hf_to_vllm_mapper = LlavaOnevisionForConditionalGeneration.hf_to_vllm_mapper | WeightsMapper(
+        orig_to_new_prefix={
+            f"vision_tower.{part}.": f"vision_tower.vision_model.{part}."
+            for part in ("embeddings", "encoder", "post_layernorm")
+        }
+    )
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        settings = settings_of(vllm_config.model_config.hf_config)  # a bad setting fails before any weight
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self.framepress = settings
+
+    def _video_patches(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[frames, c, h, w] -> the projector's [frames, P, C] (vLLM's path up to the pooling)."""
+        features = self.vision_tower(pixels, feature_select_strategy=self.config.vision_feature_select_strategy)
+        return self.multi_modal_projector(features)
+
+    def compress_video(self, patches: torch.Tensor) -> torch.Tensor:
+        """One video's projected patches [T, P, C] -> its embeddings [N + 1, C]: the kept tokens, then the newline."""
+        settings = self.framepress
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        h = math.ceil(side / 2)  # apply_pooling's 2x2 (stride 2) bilinear pooling
+        T, C = patches.shape[0], patches.shape[-1]
+        if settings.grid == "unpooled":
+            kept = compress_unpooled(settings, patches.reshape(T, side, side, C), (T, h, h))
+        else:
+            kept = compress_pooled(settings, self.apply_pooling(patches).reshape(T, h, h, C))
+        return torch.cat((kept, self.image_newline[None].to(kept)), dim=0)
+
+    def _process_video_pixels(self, inputs):
+        if self.framepress is None:
+            return super()._process_video_pixels(inputs)
+        videos = list(inputs["pixel_values_videos"])  # a [B, F, c, h, w] tensor or a list of [F, c, h, w]
+        frames = [len(v) for v in videos]
+        patches = self._video_patches(torch.cat(videos))
+        return [self.compress_video(p) for p in torch.split(patches, frames)]
