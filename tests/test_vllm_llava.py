@@ -1,0 +1,417 @@
+"""framepress.vllm.llava: vLLM's LLaVA-OneVision processor and model with framepress, on framepress's packaged
+checkpoint (LLaVA-OneVision at toy size: 96 px frames of 8 px patches, 6x6 tokens a frame after pooling; a
+384 px / 14 px override gives the real models' 14x14).
+
+vLLM's environment only (``.venv-vllm``): the main suite skips this module. The prompt replacement and the model's
+``embed_multimodal`` run as vLLM calls them, without an engine (the HF video processor that a full request needs
+is torchvision's, which CPU torch there cannot load). The comparison with framepress's HF adapter runs the HF
+side in the main environment (tests/vllm_llava_hf_reference.py) when there is one.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm")
+
+
+def _stub_torchvision() -> None:
+    """vLLM's llava_onevision imports pixtral, whose transformers image processor imports torchvision at module
+    level; torchvision's PyPI wheels do not load against CPU torch, so where it cannot be imported, an empty
+    stand-in lets those imports pass (nothing tested here calls it: calling anything in it raises)."""
+    try:
+        import torchvision  # noqa: F401
+        return
+    except Exception:
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+
+    class Missing:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, *args, **kwargs):
+            raise RuntimeError("torchvision is not installed here (a test stand-in)")
+
+        def __getattr__(self, name):
+            return Missing()
+
+        def __mro_entries__(self, bases):
+            return (object,)
+
+    class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torchvision" or name.startswith("torchvision."):
+                return importlib.machinery.ModuleSpec(name, self, is_package=True)
+            return None
+
+        def create_module(self, spec):
+            module = types.ModuleType(spec.name)
+            module.__path__ = []
+            module.__getattr__ = lambda attr: Missing()
+            return module
+
+        def exec_module(self, module):
+            pass
+
+    sys.meta_path.insert(0, Finder())
+
+
+_stub_torchvision()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from vllm.config import ModelConfig, VllmConfig, set_current_vllm_config  # noqa: E402
+from vllm.model_executor.models.llava_onevision import (  # noqa: E402
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionMultiModalProcessor,
+)
+from vllm.multimodal.inputs import MultiModalKwargsItems  # noqa: E402
+from vllm.multimodal.processing import InputProcessingContext  # noqa: E402
+from vllm.tokenizers import cached_tokenizer_from_config  # noqa: E402
+
+import framepress  # noqa: E402
+from framepress import budget, packaged, registry  # noqa: E402
+from framepress.vllm import llava  # noqa: E402
+from framepress.vllm import settings as fp_settings  # noqa: E402
+
+#: the 14x14 grid of the real checkpoints (384 px frames, 14 px patches: 27x27 patches, pooled to 14x14)
+REAL_SIZE = {"vision_config": {"image_size": 384, "patch_size": 14}}
+#: every method vLLM serves that needs no vision signal (those are refused for this family)
+METHODS = [m for m in fp_settings.pre_llm_methods() if not registry.get(m).signals]
+SIGNAL_METHODS = [m for m in fp_settings.pre_llm_methods() if registry.get(m).signals]
+VIDEO_TOKEN = 251
+#: the patch grid's side before the 2x2 pooling, by the side after it
+UNPOOLED = {6: 12, 14: 27}
+
+
+def model_config(framepress_entry=None, **overrides) -> ModelConfig:
+    hf_overrides = dict(overrides)
+    if framepress_entry is not None:
+        hf_overrides["framepress"] = framepress_entry
+    return ModelConfig(model=str(packaged.FOLDER), hf_overrides=hf_overrides, dtype="float32")
+
+
+def processor(config: ModelConfig, cls=None):
+    """The processor vLLM builds for the model class (framepress's unless ``cls``)."""
+    ctx = InputProcessingContext(config, cached_tokenizer_from_config(config))
+    if cls is None:
+        return llava.LlavaOnevision._processor_factory.build_processor(ctx)
+    factory = LlavaOnevisionForConditionalGeneration._processor_factory
+    return cls(factory.info(ctx), factory.dummy_inputs(factory.info(ctx)))
+
+
+def placeholders(proc, frames: list[int]) -> list[list[int]]:
+    """The processor's prompt replacement for videos of these frame counts, as vLLM applies it."""
+    size = proc.info.get_hf_config().vision_config.image_size
+    videos = [np.zeros((n, size, size, 3), dtype=np.uint8) for n in frames]
+    items = proc.data_parser.parse_mm_data({"video": videos})
+    updates = proc._get_prompt_updates(items, {}, MultiModalKwargsItems({}))
+    (video,) = [u for u in updates if u.modality == "video"]
+    assert video.target == [VIDEO_TOKEN]
+    return [list(video.replacement(i)) for i in range(len(frames))]
+
+
+def pooled_side(proc) -> int:
+    vision = proc.info.get_hf_config().vision_config
+    return math.ceil(vision.image_size // vision.patch_size / 2)
+
+
+def compressed_count(method: str, retention: float, grid: tuple[int, int, int], params=None) -> int:
+    """len(framepress.compress(...)) on random features of the video's LLM grid (the unpooled one for a method
+    that replaces the pooling, at the HF patch's share)."""
+    s = fp_settings.parse({"method": method, "retention": retention, "params": params or {}})
+    T, h, w = grid
+    if s.grid == "unpooled":
+        H = W = UNPOOLED[h]
+        x = torch.randn(T, H, W, 4, generator=torch.Generator().manual_seed(T * h))
+        share = budget.tokens_for(retention, T * h * w) / (T * H * W)
+        return len(framepress.compress(x, method, share, **s.params))
+    x = torch.randn(T, h, w, 4, generator=torch.Generator().manual_seed(T * h))
+    return len(framepress.compress(x, method, retention, **s.params))
+
+
+# the processor: placeholder counts ---------------------------------------------------------------------------
+GRIDS = [(T, side) for T in (1, 4, 8, 32) for side in (6, 14)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("retention", [0.05, 0.25, 0.5])
+def test_placeholders_are_the_method_count_plus_the_newline(method, retention):
+    for side in (6, 14):
+        proc = processor(model_config({"method": method, "retention": retention}, **({} if side == 6 else REAL_SIZE)))
+        assert pooled_side(proc) == side
+        for T in [T for T, s in GRIDS if s == side and not (T == 32 and retention > 0.25)]:  # keep it quick
+            try:
+                expected = compressed_count(method, retention, (T, side, side))
+            except ValueError:
+                # a grid the method cannot serve at this retention: DyCoKe keeps a whole frame per window, frames
+                # at least one frame. frames' count fails the same way, as the request is processed; DyCoKe's
+                # does not (its error comes only as the encoder runs)
+                assert method in ("dycoke", "frames")
+                if method == "frames":
+                    with pytest.raises(ValueError, match="less than one"):
+                        placeholders(proc, [T])
+                continue
+            (tokens,) = placeholders(proc, [T])
+            assert set(tokens) == {VIDEO_TOKEN}
+            assert len(tokens) == expected + 1, (method, retention, T, side)
+
+
+@pytest.mark.parametrize("method", ["frames", "pool"])
+def test_step_methods_count_their_natural_setting(method):
+    """A step method keeps the largest natural setting within the budget, not the budget itself."""
+    proc = processor(model_config({"method": method, "retention": 0.3}, **REAL_SIZE))
+    (tokens,) = placeholders(proc, [8])
+    assert len(tokens) - 1 == compressed_count(method, 0.3, (8, 14, 14)) < budget.tokens_for(0.3, 8 * 196)
+
+
+def test_several_videos_each_get_their_own_count():
+    proc = processor(model_config({"method": "divprune", "retention": 0.1}, **REAL_SIZE))
+    assert [len(t) for t in placeholders(proc, [4, 8, 1])] == [
+        budget.tokens_for(0.1, T * 196) + 1 for T in (4, 8, 1)
+    ]
+
+
+@pytest.mark.parametrize("overrides", [{}, REAL_SIZE])
+def test_without_a_framepress_entry_the_counts_are_vllms(overrides):
+    config = model_config(None, **overrides)
+    ours, theirs = processor(config), processor(config, cls=LlavaOnevisionMultiModalProcessor)
+    assert ours.framepress is None
+    frames = [1, 4, 8, 32]
+    assert placeholders(ours, frames) == placeholders(theirs, frames)
+    side = pooled_side(ours)
+    assert [len(t) for t in placeholders(ours, frames)] == [T * side * side + 1 for T in frames]
+
+
+# the model: compressed embeddings ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def engine_context():
+    """One process-wide tensor-parallel group of one (what vLLM's worker sets up before building a model)."""
+    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+    from vllm.distributed.parallel_state import model_parallel_is_initialized
+
+    config = VllmConfig(model_config=model_config())
+    with set_current_vllm_config(config):
+        if not model_parallel_is_initialized():
+            init_distributed_environment(
+                world_size=1, rank=0, local_rank=0, backend="gloo",
+                distributed_init_method=f"file://{tempfile.mkdtemp()}/init",
+            )
+            initialize_model_parallel(1, 1)
+    return True
+
+
+def build(config: ModelConfig, cls=llava.LlavaOnevision):
+    """The model as vLLM's loader builds it: constructed under its config, the packaged weights loaded."""
+    from vllm.model_executor.model_loader.utils import process_weights_after_loading
+
+    vllm_config = VllmConfig(model_config=config)
+    with set_current_vllm_config(vllm_config):
+        model = cls(vllm_config=vllm_config).eval()
+        weights = load_file(str(packaged.FOLDER / "model.safetensors"))
+        if cls is not llava.LlavaOnevision:  # vLLM's own mapper does not know the packaged tower's names
+            weights = {k.replace("vision_tower.", "vision_tower.vision_model.", 1) if k.startswith("vision_tower.")
+                       else k: v for k, v in weights.items()}
+        loaded = model.load_weights(weights.items())
+        process_weights_after_loading(model, config, torch.device("cpu"))
+    assert "image_newline" in loaded
+    return model
+
+
+def embed(model, pixels):
+    with torch.inference_mode():
+        return model.embed_multimodal(pixel_values_videos=pixels)
+
+
+def pixels(frames: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(frames, 3, 96, 96, generator=torch.Generator().manual_seed(seed))
+
+
+def reference(model, video: torch.Tensor, method: str, retention: float, params=None) -> torch.Tensor:
+    """What the compressed video must be: framepress.compress on vLLM's own pooled features (the unpooled ones
+    for a method that replaces the pooling), the tokens in their representatives' raster order, then vLLM's
+    newline (one, closing the video)."""
+    s = fp_settings.parse({"method": method, "retention": retention, "params": params or {}})
+    with torch.inference_mode():
+        patches = model.multi_modal_projector(
+            model.vision_tower(video, feature_select_strategy=model.config.vision_feature_select_strategy)
+        )
+        T, P, C = patches.shape
+        side = math.isqrt(P)
+        if s.grid == "unpooled":
+            share = budget.tokens_for(retention, T * 36) / (T * P)
+            kept = framepress.compress(patches.reshape(T, side, side, C), method, share, **s.params).features
+        else:
+            pooled = LlavaOnevisionForConditionalGeneration.apply_pooling(model, patches).reshape(T, 6, 6, C)
+            tokens = framepress.compress(pooled, method, retention, **s.params)
+            rep = [int(t) * 36 + int(y) * 6 + int(x) for t, y, x in tokens.boxes[:, :3].tolist()]
+            kept = tokens.features[sorted(range(len(rep)), key=rep.__getitem__)]
+        return torch.cat([kept, model.image_newline[None]])
+
+
+@pytest.fixture(scope="module")
+def plain(engine_context):
+    """The packaged model served without compression, by framepress's class and by vLLM's own."""
+    return build(model_config()), build(model_config(), LlavaOnevisionForConditionalGeneration)
+
+
+def test_without_a_framepress_entry_the_embeddings_are_vllms(plain):
+    ours, theirs = plain
+    assert ours.framepress is None
+    video = torch.stack([pixels(4, 1), pixels(4, 2)])
+    got, expected = embed(ours, video), embed(theirs, video)
+    assert len(got) == len(expected) == 2
+    for g, e in zip(got, expected):
+        assert g.shape == (4 * 36 + 1, 128)
+        assert torch.equal(g, e)
+
+
+CASES = [(m, r) for m in METHODS for r in (0.1, 0.3) if not (m in ("dycoke", "frames") and r < 0.25)]
+
+
+@pytest.mark.parametrize("method,retention", CASES)
+def test_embeddings_are_framepress_compress_then_the_newline(engine_context, plain, method, retention):
+    model = build(model_config({"method": method, "retention": retention}))
+    assert model.framepress.method == method
+    video = pixels(8, 3)
+    (got,) = embed(model, video[None])
+    (placeholder,) = placeholders(processor(model_config({"method": method, "retention": retention})), [8])
+    assert got.shape == (len(placeholder), 128)
+    assert torch.equal(got, reference(plain[1], video, method, retention))
+    assert torch.equal(got[-1], model.image_newline)
+
+
+def test_videos_of_different_lengths_are_compressed_one_by_one(engine_context, plain):
+    """vLLM hands videos of different frame counts as a list: each comes back as its own [N + 1, C]."""
+    model = build(model_config({"method": "divprune", "retention": 0.2}))
+    videos = [pixels(4, 4), pixels(8, 5), pixels(1, 6)]
+    got = embed(model, videos)
+    assert [g.shape for g in got] == [(budget.tokens_for(0.2, T * 36) + 1, 128) for T in (4, 8, 1)]
+    for g, v in zip(got, videos):
+        assert g.ndim == 2 and torch.equal(g, reference(plain[1], v, "divprune", 0.2))
+
+
+def test_tokens_go_in_their_representatives_order():
+    """A method whose output order is not raster order (here: reversed) is put back in raster order."""
+    x = torch.randn(2, 3, 3, 4)
+    tokens = framepress.compress(x, "random", 0.5)
+    flipped = framepress.Tokens.from_source(
+        tokens.features.flip(0), tokens.boxes.flip(0), torch.where(tokens.source >= 0, len(tokens) - 1 - tokens.source, -1),
+        tokens.grid,
+    )
+    assert torch.equal(llava.in_sequence_order(flipped), tokens.features)
+    twice = framepress.Tokens(tokens.features[:2], tokens.boxes[[0, 0]], tokens.sizes[:2], tokens.source, tokens.grid)
+    with pytest.raises(RuntimeError, match="share a representative"):
+        llava.in_sequence_order(twice)
+
+
+def test_an_unpooled_count_that_misses_the_placeholders_is_refused(monkeypatch):
+    s = fp_settings.parse({"method": "gridpool", "retention": 0.25})
+    raw = torch.randn(4, 12, 12, 8)
+    assert llava.compress_unpooled(s, raw, (4, 6, 6)).shape == (36, 8)
+    real = fp_settings.compress
+    monkeypatch.setattr(fp_settings, "compress", lambda x, *args, **kwargs: real(x[:1], *args, **kwargs))  # short
+    with pytest.raises(RuntimeError, match="kept 9 tokens of a 4x12x12 unpooled video, but its prompt has 36"):
+        llava.compress_unpooled(s, raw, (4, 6, 6))
+
+
+# against framepress's HF adapter -----------------------------------------------------------------------------
+MAIN_PYTHON = Path(os.environ.get("FRAMEPRESS_HF_PYTHON", Path(__file__).parents[1] / ".venv" / "bin" / "python"))
+
+
+@pytest.mark.skipif(not MAIN_PYTHON.exists(), reason="no main environment (transformers' LLaVA-OneVision) here")
+def test_embeddings_equal_framepress_hf_adapter(engine_context, tmp_path):
+    """The same video through framepress.apply on transformers' LLaVA-OneVision (the packaged checkpoint):
+    the video's block at the LLM's entry is what vLLM's model gives, tokens, order and newline."""
+    # the params as vLLM serves them (an "official" method gets allocation="exact")
+    cases = [{"method": m, "retention": r, "params": dict(fp_settings.parse({"method": m, "retention": r}).params)}
+             for m, r in CASES if r == 0.3]
+    video = pixels(8, 7)
+    torch.save(video, tmp_path / "pixels.pt")
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    script = Path(__file__).with_name("vllm_llava_hf_reference.py")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    done = subprocess.run(
+        [str(MAIN_PYTHON), str(script), str(tmp_path / "pixels.pt"), str(tmp_path / "cases.json"),
+         str(tmp_path / "out.pt")], capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = torch.load(tmp_path / "out.pt")
+    for case, hf in zip(cases, expected):
+        model = build(model_config(case))
+        (got,) = embed(model, video[None])
+        assert got.shape == hf.shape, case
+        torch.testing.assert_close(got, hf, rtol=1e-4, atol=1e-5, msg=lambda m: f"{case}: {m}")
+
+
+# settings errors at start-up ---------------------------------------------------------------------------------
+BAD = [
+    ({"method": "sttm", "retention": 0.3}, ValueError, "framepress: sttm searches its thresholds"),
+    ({"method": "fastv", "retention": 0.3}, ValueError, "framepress: fastv runs inside the LLM"),
+    ({"method": "divprune", "retention": 2}, ValueError, r"retention must be in \(0, 1\]"),
+    ({"method": "divprune"}, ValueError, "framepress: divprune needs a retention"),
+    ({"method": "divprune", "retention": 0.1, "ratio": 3}, ValueError, "framepress: unknown key"),
+    ('{"method": ', ValueError, "framepress: the setting is not valid JSON"),
+    ({"method": "dycoke", "retention": 0.3, "params": {"allocation": "official"}}, ValueError, "allocation='exact'"),
+    *[({"method": m, "retention": 0.3}, ValueError, f"framepress: {m} reads the vision signal") for m in SIGNAL_METHODS],
+]
+
+
+@pytest.mark.parametrize("entry,error,message", BAD, ids=[str(b[0])[:40] for b in BAD])
+def test_a_bad_setting_fails_at_construction(engine_context, entry, error, message):
+    config = model_config(entry)
+    with pytest.raises(error, match=message):
+        processor(config)
+    vllm_config = VllmConfig(model_config=config)
+    with set_current_vllm_config(vllm_config), pytest.raises(error, match=message):
+        llava.LlavaOnevision(vllm_config=vllm_config)
+
+
+def test_an_unknown_method_param_fails_at_construction():
+    with pytest.raises(Exception, match="nonsense"):
+        processor(model_config({"method": "divprune", "retention": 0.1, "params": {"nonsense": 1}}))
+
+
+# a property: counts over random grids and retentions ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def infos():
+    """vLLM's processing info for each frame side (6x6 and 14x14 tokens after pooling)."""
+    return {6: processor(model_config()).info, 14: processor(model_config(None, **REAL_SIZE)).info}
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(METHODS), frames=st.integers(1, 24), side=st.sampled_from([6, 14]),
+       retention=st.floats(0.01, 0.6))
+def test_property_counts_follow_the_method(infos, method, frames, side, retention):
+    if side == 14:
+        frames = min(frames, 8)  # DivPrune is quadratic in the tokens: keep the big grids small
+    s = fp_settings.parse({"method": method, "retention": retention})
+    info = infos[side]
+    size = info.get_hf_config().vision_config.image_size
+    try:
+        expected = compressed_count(method, retention, (frames, side, side))
+    except ValueError:
+        assert method in ("dycoke", "frames")
+        if method == "frames":  # its count fails the same way, as the request is processed
+            with pytest.raises(ValueError):
+                llava.num_video_tokens(info, s, image_width=size, image_height=size, num_frames=frames)
+        return
+    got = llava.num_video_tokens(info, s, image_width=size, image_height=size, num_frames=frames)
+    assert got == expected + 1
+    full = info.get_num_video_tokens(image_width=size, image_height=size, num_frames=frames)
+    assert llava.num_video_tokens(info, None, image_width=size, image_height=size, num_frames=frames) == full
+    assert got <= full
