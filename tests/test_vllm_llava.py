@@ -90,9 +90,10 @@ from framepress.vllm import settings as fp_settings  # noqa: E402
 
 #: the 14x14 grid of the real checkpoints (384 px frames, 14 px patches: 27x27 patches, pooled to 14x14)
 REAL_SIZE = {"vision_config": {"image_size": 384, "patch_size": 14}}
-#: every method vLLM serves that needs no vision signal (those are refused for this family)
-METHODS = [m for m in fp_settings.pre_llm_methods() if not registry.get(m).signals]
-SIGNAL_METHODS = [m for m in fp_settings.pre_llm_methods() if registry.get(m).signals]
+#: every method vLLM serves on this family: those reading no vision signal, or only those llava.SIGNALS computes
+METHODS = [m for m in fp_settings.pre_llm_methods() if set(registry.get(m).signals.values()) <= set(llava.SIGNALS)]
+#: those reading a signal it does not compute (refused at start-up)
+SIGNAL_METHODS = [m for m in fp_settings.pre_llm_methods() if m not in METHODS]
 VIDEO_TOKEN = 251
 #: the patch grid's side before the 2x2 pooling, by the side after it
 UNPOOLED = {6: 12, 14: 27}
@@ -140,8 +141,10 @@ def compressed_count(method: str, retention: float, grid: tuple[int, int, int], 
         x = torch.randn(T, H, W, 4, generator=torch.Generator().manual_seed(T * h))
         share = budget.tokens_for(retention, T * h * w) / (T * H * W)
         return len(framepress.compress(x, method, share, **s.params))
-    x = torch.randn(T, h, w, 4, generator=torch.Generator().manual_seed(T * h))
-    return len(framepress.compress(x, method, retention, **s.params))
+    g = torch.Generator().manual_seed(T * h)
+    x = torch.randn(T, h, w, 4, generator=g)
+    signals = {param: torch.rand(T, h, w, generator=g) for param in s.signals}  # "scores"
+    return len(s.compress(x, signals))
 
 
 # the processor: placeholder counts ---------------------------------------------------------------------------
@@ -257,10 +260,34 @@ def reference(model, video: torch.Tensor, method: str, retention: float, params=
             kept = framepress.compress(patches.reshape(T, side, side, C), method, share, **s.params).features
         else:
             pooled = LlavaOnevisionForConditionalGeneration.apply_pooling(model, patches).reshape(T, 6, 6, C)
-            tokens = framepress.compress(pooled, method, retention, **s.params)
+            signals = {param: scores(model, video) for param, name in s.signals.items() if name == "scores"}
+            tokens = framepress.compress(pooled, method, retention, **s.params, **signals)
             rep = [int(t) * 36 + int(y) * 6 + int(x) for t, y, x in tokens.boxes[:, :3].tolist()]
             kept = tokens.features[sorted(range(len(rep)), key=rep.__getitem__)]
         return torch.cat([kept, model.image_newline[None]])
+
+
+def scores(model, video: torch.Tensor) -> torch.Tensor:
+    """[T, 6, 6]: the attention each patch receives in the last SigLIP layer (softmax(q k^T / sqrt(d)) per head,
+    mean over heads and queries), bilinearly pooled like the features, written out head by head."""
+    layer = model.vision_tower.vision_model.encoder.layers[-1]
+    seen = []
+    hook = layer.self_attn.register_forward_pre_hook(lambda m, a, k: seen.append(k["hidden_states"]), with_kwargs=True)
+    try:
+        model.vision_tower(video, feature_select_strategy=model.config.vision_feature_select_strategy)
+    finally:
+        hook.remove()
+    (hidden,) = seen
+    attn = layer.self_attn
+    q, k, _ = attn.qkv_proj(hidden)[0].chunk(3, dim=-1)
+    T, P, _ = q.shape
+    received = torch.zeros(T, P)
+    for head in range(attn.num_heads):
+        part = slice(head * attn.head_dim, (head + 1) * attn.head_dim)
+        logits = torch.einsum("tqd,tkd->tqk", q[..., part].float(), k[..., part].float()) / math.sqrt(attn.head_dim)
+        received += logits.softmax(-1).mean(1) / attn.num_heads
+    pooled = LlavaOnevisionForConditionalGeneration.apply_pooling(model, received[..., None])
+    return pooled.reshape(T, 6, 6)
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +318,11 @@ def test_embeddings_are_framepress_compress_then_the_newline(engine_context, pla
     (got,) = embed(model, video[None])
     (placeholder,) = placeholders(processor(model_config({"method": method, "retention": retention})), [8])
     assert got.shape == (len(placeholder), 128)
-    assert torch.equal(got, reference(plain[1], video, method, retention))
+    expected = reference(plain[1], video, method, retention)
+    if registry.get(method).signals:  # the scores are summed in another order than the model's: to rounding
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    else:
+        assert torch.equal(got, expected)
     assert torch.equal(got[-1], model.image_newline)
 
 

@@ -8,6 +8,10 @@
   places them), then the newline. A method on the unpooled grid (ST-GridPool) takes the projector's
   [T, 27, 27, C] output instead of the pooling, at the share of it that keeps the pooled grid's budget (as the HF
   adapter does), its tokens in output order.
+- Vision signals (:data:`SIGNALS`): "scores", the attention each patch receives in the SigLIP layer that feeds the
+  projector (mean over heads and queries), pooled like the features, as framepress's HF adapter computes them
+  (HoliTom, the unified method). Keys (VisionZip) and the SigLIP head (FastVID) are not computed: those methods
+  are refused at start-up.
 
 Positions on LLaVA are 1-D and contiguous, so the compressed layout needs no position rewrite. Without a
 ``framepress`` entry in the model config the processor and the model are vLLM's own.
@@ -36,9 +40,12 @@ from .. import budget as _budget
 from ..tokens import Tokens
 from . import settings as _settings
 
-#: the vision signals framepress computes in vLLM's LLaVA-OneVision tower (none yet: methods that read scores or
-#: keys are refused at start-up with the reason)
-SIGNALS: dict[str, str] = {}
+#: the vision signals framepress computes in vLLM's LLaVA-OneVision tower (methods that read others, keys or the
+#: SigLIP head, are refused at start-up with the reason)
+SIGNALS: dict[str, str] = {
+    "scores": "the attention each patch receives in the SigLIP layer feeding the projector (mean over heads and "
+              "queries), pooled like the features",
+}
 FAMILY = "LLaVA-OneVision"
 
 
@@ -169,22 +176,50 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.framepress = settings
 
-    def _video_patches(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[frames, c, h, w] -> the projector's [frames, P, C] (vLLM's path up to the pooling)."""
-        features = self.vision_tower(pixels, feature_select_strategy=self.config.vision_feature_select_strategy)
-        return self.multi_modal_projector(features)
+    def _feature_layer(self) -> torch.nn.Module:
+        """The SigLIP layer whose output feeds the projector: vLLM builds the tower up to it, so its last."""
+        if not isinstance(self.config.vision_feature_layer, int):
+            raise ValueError(f"framepress: vision_feature_layer={self.config.vision_feature_layer!r} concatenates "
+                             "layers; the vision signals read one")
+        return self.vision_tower.vision_model.encoder.layers[-1]
 
-    def compress_video(self, patches: torch.Tensor) -> torch.Tensor:
-        """One video's projected patches [T, P, C] -> its embeddings [N + 1, C]: the kept tokens, then the newline."""
+    def _video_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """[frames, c, h, w] -> the projector's [frames, P, C] (vLLM's path up to the pooling), and the vision
+        signals the method reads, per frame ("scores": [frames, h, w] float, pooled like the features)."""
+        wanted = set(self.framepress.signals.values())
+        received: list[torch.Tensor] = []
+        hook = None
+        if "scores" in wanted:
+            def on_attention(module, args, kwargs):
+                received.append(mean_attention_received(module, kwargs.get("hidden_states", args[0] if args else None)))
+
+            hook = self._feature_layer().self_attn.register_forward_pre_hook(on_attention, with_kwargs=True)
+        try:
+            features = self.vision_tower(pixels, feature_select_strategy=self.config.vision_feature_select_strategy)
+        finally:
+            if hook is not None:
+                hook.remove()
+        signals = {}
+        if "scores" in wanted:
+            (scores,) = received
+            pooled = self.apply_pooling(scores[..., None].to(features.dtype))  # as framepress's HF adapter pools it
+            h = math.isqrt(pooled.shape[1])
+            signals["scores"] = pooled.reshape(pooled.shape[0], h, h).float()
+        return self.multi_modal_projector(features), signals
+
+    def compress_video(self, patches: torch.Tensor, signals: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """One video's projected patches [T, P, C] (and its frames' vision signals, by name) -> its embeddings
+        [N + 1, C]: the kept tokens, then the newline."""
         settings = self.framepress
         vision = self.config.vision_config
         side = vision.image_size // vision.patch_size
         h = math.ceil(side / 2)  # apply_pooling's 2x2 (stride 2) bilinear pooling
         T, C = patches.shape[0], patches.shape[-1]
+        given = {param: signals[name] for param, name in settings.signals.items() if signals and name in signals}
         if settings.grid == "unpooled":
-            kept = compress_unpooled(settings, patches.reshape(T, side, side, C), (T, h, h))
+            kept = compress_unpooled(settings, patches.reshape(T, side, side, C), (T, h, h), given)
         else:
-            kept = compress_pooled(settings, self.apply_pooling(patches).reshape(T, h, h, C))
+            kept = compress_pooled(settings, self.apply_pooling(patches).reshape(T, h, h, C), given)
         return torch.cat((kept, self.image_newline[None].to(kept)), dim=0)
 
     def _process_video_pixels(self, inputs):
@@ -192,5 +227,30 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
             return super()._process_video_pixels(inputs)
         videos = list(inputs["pixel_values_videos"])  # a [B, F, c, h, w] tensor or a list of [F, c, h, w]
         frames = [len(v) for v in videos]
-        patches = self._video_patches(torch.cat(videos))
-        return [self.compress_video(p) for p in torch.split(patches, frames)]
+        patches, signals = self._video_patches(torch.cat(videos))
+        per_video = [dict(zip(signals, parts)) for parts in zip(*(torch.split(v, frames) for v in signals.values()))]
+        return [self.compress_video(p, per_video[i] if signals else None)
+                for i, p in enumerate(torch.split(patches, frames))]
+
+
+def mean_attention_received(attn: torch.nn.Module, hidden: torch.Tensor, frames_per_chunk: int = 4) -> torch.Tensor:
+    """[F, P]: the attention each patch receives in vLLM's SigLIP attention ``attn``, mean over heads and queries,
+    per frame (framepress.signals.mean_attention_received on vLLM's fused q/k/v projection). ``hidden`` [F, P, d]
+    is the layer's normalized input; a few frames at a time, so only [frames_per_chunk, heads, P, P] is held.
+    Under tensor parallelism each rank holds some heads: their sums are added across ranks."""
+    heads, d = attn.num_heads_per_partition, attn.head_dim
+    out = []
+    for s in range(0, hidden.shape[0], frames_per_chunk):
+        h = hidden[s : s + frames_per_chunk]
+        qkv, _ = attn.qkv_proj(h)
+        q, k, _ = qkv.chunk(3, dim=-1)
+        q = q.reshape(*h.shape[:-1], heads, d).transpose(1, 2).float()
+        k = k.reshape(*h.shape[:-1], heads, d).transpose(1, 2).float()
+        probs = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1)  # [f, heads, P, P]
+        out.append(probs.mean(dim=(1, 2)) if attn.tp_size == 1 else probs.mean(dim=2).sum(dim=1))
+    received = torch.cat(out)
+    if attn.tp_size > 1:
+        from vllm.distributed import tensor_model_parallel_all_reduce
+
+        received = tensor_model_parallel_all_reduce(received) / attn.num_heads
+    return received
