@@ -446,3 +446,50 @@ def test_property_counts_follow_the_method(infos, method, frames, side, retentio
     full = info.get_num_video_tokens(image_width=size, image_height=size, num_frames=frames)
     assert llava.num_video_tokens(info, None, image_width=size, image_height=size, num_frames=frames) == full
     assert got <= full
+
+
+# vLLM's own processing, end to end (but for the HF video processor) ------------------------------------------
+def test_a_request_processed_by_vllm_gets_placeholders_the_model_fills(engine_context, plain, monkeypatch):
+    """processor.apply as vLLM's frontend calls it (prompt updates applied to the token ids, placeholder ranges
+    found), then the engine's batching of the request's video items into embed_multimodal: each video's
+    embeddings fill exactly its placeholder range. The HF video processor (torchvision's) is replaced by a plain
+    conversion of the frames to pixels."""
+    from transformers import BatchFeature
+    from vllm.multimodal.processing import ProcessorInputs
+    from vllm.multimodal.processing.context import TimingContext
+    from vllm.multimodal.utils import group_and_batch_mm_kwargs
+
+    config = model_config({"method": "holitom", "retention": 0.25})
+    proc = processor(config)
+
+    def hf_main(mm_items, hf_kwargs):
+        videos = mm_items.get_items("video", type(mm_items["video"]))
+        return BatchFeature({"pixel_values_videos": [
+            torch.from_numpy(np.asarray(videos.get(i))).permute(0, 3, 1, 2).float() / 127.5 - 1
+            for i in range(videos.get_count())
+        ]})
+
+    monkeypatch.setattr(proc, "_apply_hf_processor_main", hf_main)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (n, 96, 96, 3), dtype=np.uint8) for n in (4, 8)]
+    prompt = [1, 5, VIDEO_TOKEN, 6, VIDEO_TOKEN, 7, 2]
+    result = proc.apply(
+        ProcessorInputs(prompt=prompt, mm_data_items=proc.data_parser.parse_mm_data({"video": frames})),
+        TimingContext(enabled=False),
+    )
+    ranges = result["mm_placeholders"]["video"]
+    counts = [budget.tokens_for(0.25, n * 36) + 1 for n in (4, 8)]
+    assert [r.length for r in ranges] == counts
+    ids = result["prompt_token_ids"]
+    assert len(ids) == len(prompt) - 2 + sum(counts)
+    for r in ranges:
+        assert ids[r.offset : r.offset + r.length] == [VIDEO_TOKEN] * r.length
+    model = build(config)
+    items = [("video", item) for item in result["mm_kwargs"]["video"]]
+    embeddings = []
+    for modality, n, batch in group_and_batch_mm_kwargs(items):
+        embeddings += embed(model, batch["pixel_values_videos"])
+    assert [e.shape for e in embeddings] == [(c, 128) for c in counts]
+    for e, f in zip(embeddings, frames):
+        video = torch.from_numpy(f).permute(0, 3, 1, 2).float() / 127.5 - 1
+        torch.testing.assert_close(e, reference(plain[1], video, "holitom", 0.25), rtol=1e-5, atol=1e-6)
