@@ -148,6 +148,19 @@ def compressed_count(method: str, retention: float, grid: tuple[int, int, int], 
 
 
 # the processor: placeholder counts ---------------------------------------------------------------------------
+def test_the_processor_is_registered_on_framepress_model_class():
+    from vllm.model_executor.models.llava_onevision import (
+        LlavaOnevisionDummyInputsBuilder,
+        LlavaOnevisionProcessingInfo,
+    )
+
+    factory = llava.LlavaOnevision.__dict__["_processor_factory"]  # its own, not inherited from vLLM's class
+    assert factory.processor is llava.LlavaOnevisionProcessor
+    assert (factory.info, factory.dummy_inputs) == (LlavaOnevisionProcessingInfo, LlavaOnevisionDummyInputsBuilder)
+    assert LlavaOnevisionForConditionalGeneration._processor_factory.processor is LlavaOnevisionMultiModalProcessor
+    assert llava.SIGNALS.keys() == {"scores"}
+
+
 GRIDS = [(T, side) for T in (1, 4, 8, 32) for side in (6, 14)]
 
 
@@ -340,10 +353,8 @@ def test_tokens_go_in_their_representatives_order():
     """A method whose output order is not raster order (here: reversed) is put back in raster order."""
     x = torch.randn(2, 3, 3, 4)
     tokens = framepress.compress(x, "random", 0.5)
-    flipped = framepress.Tokens.from_source(
-        tokens.features.flip(0), tokens.boxes.flip(0), torch.where(tokens.source >= 0, len(tokens) - 1 - tokens.source, -1),
-        tokens.grid,
-    )
+    source = torch.where(tokens.source >= 0, len(tokens) - 1 - tokens.source, -1)
+    flipped = framepress.Tokens.from_source(tokens.features.flip(0), tokens.boxes.flip(0), source, tokens.grid)
     assert torch.equal(llava.in_sequence_order(flipped), tokens.features)
     twice = framepress.Tokens(tokens.features[:2], tokens.boxes[[0, 0]], tokens.sizes[:2], tokens.source, tokens.grid)
     with pytest.raises(RuntimeError, match="share a representative"):
@@ -398,7 +409,8 @@ BAD = [
     ({"method": "divprune", "retention": 0.1, "ratio": 3}, ValueError, "framepress: unknown key"),
     ('{"method": ', ValueError, "framepress: the setting is not valid JSON"),
     ({"method": "dycoke", "retention": 0.3, "params": {"allocation": "official"}}, ValueError, "allocation='exact'"),
-    *[({"method": m, "retention": 0.3}, ValueError, f"framepress: {m} reads the vision signal") for m in SIGNAL_METHODS],
+    *[({"method": m, "retention": 0.3}, ValueError, f"framepress: {m} reads the vision signal")
+      for m in SIGNAL_METHODS],
 ]
 
 
