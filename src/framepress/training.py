@@ -7,6 +7,20 @@ So that compression methods can be measured on it, the model is trained under wh
 each batch keeps all video tokens or drops a random share of them (keeping 1% to 100%, log-uniform), drops
 whole frames, or averages adjacent frames' tokens (temporal merging), and gives the kept tokens either their
 original position ids or contiguous re-assigned ones (STTM's default). Frame counts vary (8 to 16).
+
+``--regime real`` trains the same recipe in LLaVA-OneVision's real token regime (:data:`REGIMES`): 32 frames of
+108 px, a 27x27 patch grid (patch 4) that the family's own bilinear pooling turns into ceil(27/2) = 14x14 tokens a
+frame, 6,272 video tokens, over :data:`framepress.synth.REAL_KINDS` (24 to 32 frames a batch). The model is small
+so that a step is cheap on CPUs: SigLIP hidden 64 x 2 layers, qwen2 hidden 64 x 4 layers (so every method's
+in-LLM and decode parts find their layers, as on the packaged model), 355,712 parameters. Measured on this
+project's machine (AMD EPYC, ``--threads 2``, batch 8, 12 steps of the schedule's mix, the CPU shared with other
+work so that the run got about 0.7 of a core): 20.7 s a step, 0.39 samples/s. Batches that keep all 6,273 tokens
+cost most (with a 2-layer LM, 24 s a batch against 6 s for dropped-token ones, of which the vision tower's 32 x 729
+patches a clip, forward and backward, are about 5). That is about 1.8 core-seconds a sample: a useful run of 32k samples
+(``--steps 4000 --batch 8``) needs about 16 core-hours, 8 hours on two free cores and 20 or more on a shared pair.
+``--save-every N`` (default 50 for this regime) writes the model, optimizer, schedule and every RNG state to
+``<out>.resume/``, so that ``--resume`` continues the run exactly where it stopped (the same weights as an
+uninterrupted run), and ``--until S`` stops after step S of the schedule: a run spread over several sessions.
 """
 
 from __future__ import annotations
@@ -14,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,23 +46,64 @@ FRAMES = 16
 IM_END = 249
 
 
-def config():
-    """The packaged model's architecture: SigLIP 96 px / patch 8 (hidden 96 x 2 layers), qwen2 hidden 128 x 4."""
+@dataclass(frozen=True)
+class Regime:
+    """Where a model is trained: its frames, the question kinds, and its architecture at toy size."""
+
+    name: str
+    size: int  # frame side in pixels (the vision tower's image size)
+    patch: int
+    frames: int  # frames of the held-out clips (and most training batches)
+    frame_choices: tuple[int, ...]  # a batch's frame count is one of these, uniformly
+    kinds: tuple[str, ...]
+    vision: dict
+    text: dict
+    save_every: int  # default steps between resumable checkpoints (0: none)
+
+    @property
+    def side(self) -> int:
+        """Tokens per side of a frame after the family's 2x2 pooling (ceil of half the patch grid)."""
+        return math.ceil(self.size // self.patch / 2)
+
+
+REGIMES = {
+    "tiny": Regime(
+        "tiny", SIZE, PATCH, FRAMES, (8, 12, 16, 16, 16), tuple(synth.KINDS),
+        vision=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4),
+        text=dict(num_hidden_layers=4, hidden_size=128, intermediate_size=384, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=4096),
+        save_every=0,
+    ),
+    "real": Regime(
+        "real", synth.REAL_SIZE, 4, synth.REAL_FRAMES, (24, 28, 32, 32, 32), tuple(synth.REAL_KINDS),
+        vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
+        text=dict(num_hidden_layers=4, hidden_size=64, intermediate_size=192, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=8192),
+        save_every=50,
+    ),
+}
+
+
+def regime_of(name: str) -> Regime:
+    if name not in REGIMES:
+        raise ValueError(f"regime must be one of {', '.join(REGIMES)}, got {name!r}")
+    return REGIMES[name]
+
+
+def config(regime: str = "tiny"):
+    """The architecture of ``regime``: LLaVA-OneVision with a SigLIP tower and a qwen2 LM at toy size; "tiny" is
+    the packaged model's (SigLIP 96 px / patch 8, hidden 96 x 2 layers; qwen2 hidden 128 x 4)."""
     import transformers as tf
 
+    r = regime_of(regime)
     return tf.LlavaOnevisionConfig(
-        vision_config=dict(
-            model_type="siglip_vision_model", hidden_size=96, intermediate_size=192, num_hidden_layers=2,
-            num_attention_heads=4, image_size=SIZE, patch_size=PATCH, vision_use_head=False,
-        ),
-        text_config=dict(
-            model_type="qwen2", num_hidden_layers=4, vocab_size=256, hidden_size=128, intermediate_size=384,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-            bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
-        ),
+        vision_config=dict(model_type="siglip_vision_model", image_size=r.size, patch_size=r.patch,
+                           vision_use_head=False, **r.vision),
+        text_config=dict(model_type="qwen2", vocab_size=256, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+                         **r.text),
         image_token_index=IMAGE,
         video_token_index=VIDEO,
-        image_grid_pinpoints=[[SIZE, SIZE]],
+        image_grid_pinpoints=[[r.size, r.size]],
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
     )
@@ -162,15 +219,22 @@ def loss_and_hits(model, embeds, mask, pos, labels):
     return loss, hits
 
 
-def draw_batch(rng: np.random.Generator, batch: int, frames: int, kinds) -> list[synth.Item]:
+def lm_mask(mask: torch.Tensor, regime: str) -> torch.Tensor | None:
+    """The attention mask the LM gets: sequences are right-padded, so under causal attention no real token ever
+    sees a pad and the mask changes nothing a loss reads; it only forces SDPA's slow path, which at 6k tokens
+    costs 3-4x (the real regime drops it). The tiny regime keeps it, so the packaged recipe stays bit for bit."""
+    return mask if regime == "tiny" else None
+
+
+def draw_batch(rng: np.random.Generator, batch: int, frames: int, kinds, size: int = SIZE) -> list[synth.Item]:
     picks = rng.integers(0, len(kinds), batch)
     indices = rng.integers(0, 2**31, batch)
-    return [synth.generate(kinds[k], int(i), split="train", frames=frames, size=SIZE) for k, i in zip(picks, indices)]
+    return [synth.generate(kinds[k], int(i), split="train", frames=frames, size=size) for k, i in zip(picks, indices)]
 
 
-def schedule(rng: np.random.Generator) -> tuple[str, float, bool, int]:
+def schedule(rng: np.random.Generator, frame_choices=REGIMES["tiny"].frame_choices) -> tuple[str, float, bool, int]:
     """(mode, keep, original positions, frames) of one batch."""
-    frames = int(rng.choice([8, 12, 16, 16, 16]))
+    frames = int(rng.choice(list(frame_choices)))
     mode = str(rng.choice(["all", "tokens", "tokens", "frames", "merge"], p=[0.25, 0.25, 0.25, 0.1, 0.15]))
     keep = 1.0 if mode == "all" else float(math.exp(rng.uniform(math.log(0.01), 0.0)))
     if mode == "merge":
@@ -180,33 +244,60 @@ def schedule(rng: np.random.Generator) -> tuple[str, float, bool, int]:
 
 @torch.no_grad()
 def evaluate(model, prompts: Prompts, per_kind: int, mode: str = "all", keep: float = 1.0, original: bool = True,
-             batch: int = 50, kinds=tuple(synth.KINDS)) -> dict[str, float]:
-    """Held-out accuracy per kind (first answer token, greedy) with the training-time reductions."""
+             batch: int = 50, kinds=None, regime: str = "tiny") -> dict[str, float]:
+    """Held-out accuracy per kind (first answer token, greedy) with the training-time reductions; ``kinds``
+    default to the regime's."""
+    r = regime_of(regime)
     model.eval()
     generator = torch.Generator().manual_seed(0)
     result = {}
-    for kind in kinds:
+    for kind in kinds or r.kinds:
         hits = []
-        test = synth.test_set(kind, per_kind, frames=FRAMES, size=SIZE)
+        test = synth.test_set(kind, per_kind, frames=r.frames, size=r.size)
         for i in range(0, len(test), batch):
             embeds, mask, pos, labels = sequences(model, prompts, test[i : i + batch], mode, keep, original, generator)
-            hits.append(loss_and_hits(model, embeds, mask, pos, labels)[1])
+            hits.append(loss_and_hits(model, embeds, lm_mask(mask, regime), pos, labels)[1])
         result[kind] = torch.cat(hits).float().mean().item()
     model.train()
     return result
 
 
+def resume_folder(out: Path) -> Path:
+    """Where a run writing ``out`` keeps its resumable state: beside it, so ``out`` stays a plain checkpoint."""
+    out = Path(out)
+    return out.with_name(out.name + ".resume")
+
+
+def save_state(folder: Path, state: dict) -> None:
+    """Write the run's state atomically (a run killed while saving keeps the previous state)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / "state.pt.partial"
+    torch.save(state, partial)
+    os.replace(partial, folder / "state.pt")
+
+
 def train(out: Path, steps: int, batch: int = 32, lr: float = 1e-3, warmup: int = 100, seed: int = 0,
-          threads: int | None = None, eval_every: int = 500, log=print) -> Path:
-    """Train from random weights for ``steps`` batches and save the checkpoint folder ``out``."""
+          threads: int | None = None, eval_every: int = 500, log=print, regime: str = "tiny",
+          save_every: int | None = None, resume: bool = False, until: int | None = None) -> Path:
+    """Train from random weights for ``steps`` batches and save the checkpoint folder ``out``.
+
+    ``save_every`` (default: the regime's) steps, the model, optimizer, schedule, RNG states and history go to
+    :func:`resume_folder`; ``resume`` continues from there (the same recipe, else an error naming what differs), so
+    an interrupted run ends with the same weights as an uninterrupted one. ``until``: stop after that step (saving
+    the state, not ``out``); returns the folder written.
+    """
     import transformers as tf
 
+    r = regime_of(regime)
+    save_every = r.save_every if save_every is None else save_every
+    if until is not None and not 1 <= until <= steps:
+        raise ValueError(f"until must be a step in [1, steps={steps}], got {until!r}")
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
-    cfg = config()
+    cfg = config(regime)
     cfg._attn_implementation = "sdpa"
     model = tf.LlavaOnevisionForConditionalGeneration(cfg).train()
     tokenizer = tiny_tokenizer()
@@ -215,29 +306,56 @@ def train(out: Path, steps: int, batch: int = 32, lr: float = 1e-3, warmup: int 
     decay = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     )
-    kinds = tuple(synth.KINDS)
-    start, history = time.time(), []
-    running = None
-    for step in range(1, steps + 1):
-        mode, keep, original, frames = schedule(rng)
-        items = draw_batch(rng, batch, frames, kinds)
+    recipe = {"regime": regime, "steps": steps, "batch": batch, "lr": lr, "warmup": warmup, "seed": seed}
+    kinds = r.kinds
+    history, running, done, spent = [], None, 0, 0.0
+    folder = resume_folder(out)
+    if resume:
+        if not (folder / "state.pt").is_file():
+            raise FileNotFoundError(f"resume: no saved state at {folder / 'state.pt'} (train with --save-every first)")
+        state = torch.load(folder / "state.pt", weights_only=False)
+        differs = [f"{k}={state['recipe'].get(k)!r} there, {v!r} here" for k, v in recipe.items() if state["recipe"].get(k) != v]
+        if differs:
+            raise ValueError(f"resume: {folder} holds another run ({'; '.join(differs)})")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        decay.load_state_dict(state["schedule"])
+        rng.bit_generator.state = state["numpy"]
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch"])
+        history, running, done, spent = state["history"], state["running"], state["step"], state["seconds"]
+        log(f"resumed {folder} at step {done}/{steps}")
+    last = steps if until is None else until
+    start = time.time() - spent
+    for step in range(done + 1, last + 1):
+        mode, keep, original, frames = schedule(rng, r.frame_choices)
+        items = draw_batch(rng, batch, frames, kinds, r.size)
         embeds, mask, pos, labels = sequences(model, prompts, items, mode, keep, original, generator)
-        loss, hits = loss_and_hits(model, embeds, mask, pos, labels)
+        loss, hits = loss_and_hits(model, embeds, lm_mask(mask, regime), pos, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         decay.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0 or step == steps:
+        if step % 50 == 0 or step == last:
             log(f"step {step}/{steps} loss {running:.3f} acc {hits.float().mean():.2f} "
-                f"{step * batch / (time.time() - start):.1f} samples/s "
+                f"{(step - done) * batch / (time.time() - start - spent):.1f} samples/s "
                 f"{time.time() - start:.0f}s")
         if eval_every and (step % eval_every == 0 or step == steps):
-            accuracy = evaluate(model, prompts, 40)
+            accuracy = evaluate(model, prompts, 40, regime=regime)
             history.append({"step": step, "seconds": round(time.time() - start), "accuracy": accuracy})
             log(f"eval {step}: " + " ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
-    save(model, tokenizer, out, {"steps": steps, "batch": batch, "lr": lr, "warmup": warmup, "seed": seed,
+        if save_every and (step % save_every == 0 or step == last):
+            save_state(folder, {"recipe": recipe, "step": step, "seconds": time.time() - start, "running": running,
+                                "history": history, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "schedule": decay.state_dict(), "numpy": rng.bit_generator.state,
+                                "generator": generator.get_state(), "torch": torch.get_rng_state()})
+    if last < steps:
+        log(f"stopped after step {last}/{steps}; continue with --resume")
+        return folder
+    extra = {} if regime == "tiny" else {"regime": regime}  # the packaged model's recipe file stays as it was
+    save(model, tokenizer, out, {**extra, "steps": steps, "batch": batch, "lr": lr, "warmup": warmup, "seed": seed,
                                  "seconds": round(time.time() - start), "history": history})
     return out
 
@@ -255,14 +373,21 @@ def save(model, tokenizer, out: Path, recipe: dict) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m framepress.training", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    parser.add_argument("--regime", choices=list(REGIMES), default="tiny",
+                        help="tiny: the packaged model (16 frames of 6x6 tokens); real: 32 frames of 14x14 tokens")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--save-every", type=int, default=None,
+                        help="steps between resumable states in OUT.resume/ (default: 0 for tiny, 50 for real)")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in OUT.resume/")
+    parser.add_argument("--until", type=int, default=None, help="stop after this step (continue later with --resume)")
     args = parser.parse_args(argv)
-    train(args.out, args.steps, args.batch, args.lr, seed=args.seed, threads=args.threads, eval_every=args.eval_every)
+    train(args.out, args.steps, args.batch, args.lr, seed=args.seed, threads=args.threads, eval_every=args.eval_every,
+          regime=args.regime, save_every=args.save_every, resume=args.resume, until=args.until)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,82 @@
+"""framepress.training: the real regime's architecture and a resumable run that ends where an uninterrupted one does."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from framepress import synth, training
+
+
+def test_the_real_regime_is_llava_onevisions_token_grid():
+    import transformers
+
+    regime = training.regime_of("real")
+    assert regime.size // regime.patch == 27 and regime.side == 14 and regime.frames == 32
+    model = transformers.LlavaOnevisionForConditionalGeneration(training.config("real")).eval()
+    video = training.pixels(synth.generate("still", 0).frames)[None]
+    with torch.no_grad():
+        features = model.model.get_video_features(video, vision_feature_layer=-1,
+                                                  vision_feature_select_strategy="full").pooler_output
+    assert features.shape[1] == 32 * 14 * 14 + 1 == 6273  # the family's own pooling, plus the newline
+    assert sum(p.numel() for p in model.parameters()) < 400_000
+
+
+def test_the_tiny_regime_is_unchanged():
+    cfg = training.config()
+    assert (cfg.vision_config.image_size, cfg.vision_config.patch_size, cfg.text_config.num_hidden_layers) == (96, 8, 4)
+    assert training.regime_of("tiny").kinds == tuple(synth.KINDS)
+    with pytest.raises(ValueError, match="regime must be one of tiny, real"):
+        training.config("huge")
+
+
+def test_dropping_the_mask_of_right_padded_sequences_changes_no_loss():
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.LlavaOnevisionForConditionalGeneration(training.config("real")).eval()
+    prompts = training.Prompts(training.tiny_tokenizer())
+    batch = [synth.generate(kind, 0, frames=24) for kind in ("events", "detail")]  # questions of other lengths
+    generator = torch.Generator().manual_seed(0)
+    embeds, mask, pos, labels = training.sequences(model, prompts, batch, "tokens", 0.05, False, generator)
+    assert not mask.all()  # padded
+    with torch.no_grad():
+        masked = training.loss_and_hits(model, embeds, mask, pos, labels)
+        unmasked = training.loss_and_hits(model, embeds, training.lm_mask(mask, "real"), pos, labels)
+    assert torch.allclose(masked[0], unmasked[0], atol=1e-5) and torch.equal(masked[1], unmasked[1])
+
+
+def small_run(out, **kwargs):
+    return training.train(out, steps=2, batch=2, warmup=1, eval_every=0, log=lambda *a: None, regime="real",
+                          save_every=1, threads=2, **kwargs)
+
+
+def test_an_interrupted_real_run_resumes_to_the_same_weights(tmp_path):
+    """Step 1, stop, resume, step 2 == steps 1 and 2 at once (model, optimizer and every RNG restored)."""
+    from safetensors.torch import load_file
+
+    straight = small_run(tmp_path / "straight")
+    stopped = small_run(tmp_path / "split", until=1)
+    assert stopped == training.resume_folder(tmp_path / "split") and (stopped / "state.pt").is_file()
+    assert not (tmp_path / "split").exists()
+    resumed = small_run(tmp_path / "split", resume=True)
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    recipe = json.loads((resumed / "training.json").read_text())
+    assert recipe["regime"] == "real" and recipe["steps"] == 2
+    with pytest.raises(ValueError, match="resume: .* holds another run .*batch=2 there, 3 here"):
+        training.train(tmp_path / "split", steps=2, batch=3, regime="real", resume=True, log=lambda *a: None)
+    with pytest.raises(FileNotFoundError, match="no saved state"):
+        training.train(tmp_path / "none", steps=2, regime="real", resume=True, log=lambda *a: None)
+    with pytest.raises(ValueError, match=r"until must be a step in \[1, steps=2\]"):
+        training.train(tmp_path / "none", steps=2, regime="real", until=3, log=lambda *a: None)
+
+
+def test_the_schedule_keeps_the_tiny_frame_counts():
+    rng = np.random.default_rng(0)
+    assert {training.schedule(rng)[3] for _ in range(200)} == {8, 12, 16}
+    rng = np.random.default_rng(0)
+    assert {training.schedule(rng, training.REGIMES["real"].frame_choices)[3] for _ in range(200)} == {24, 28, 32}
