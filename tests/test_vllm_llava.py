@@ -2,10 +2,16 @@
 checkpoint (LLaVA-OneVision at toy size: 96 px frames of 8 px patches, 6x6 tokens a frame after pooling; a
 384 px / 14 px override gives the real models' 14x14).
 
-vLLM's environment only (``.venv-vllm``): the main suite skips this module. The prompt replacement and the model's
-``embed_multimodal`` run as vLLM calls them, without an engine (the HF video processor that a full request needs
-is torchvision's, which CPU torch there cannot load). The comparison with framepress's HF adapter runs the HF
-side in the main environment (tests/vllm_llava_hf_reference.py) when there is one.
+vLLM's environment only (``.venv-vllm``): the main suite skips this module.
+
+- The processor's prompt replacement and the model's ``embed_multimodal`` run as vLLM calls them, on their own:
+  counts against ``len(framepress.compress(...))``, embeddings against framepress.compress on vLLM's own pooled
+  features, and against framepress's HF adapter (its HF side in the main environment,
+  tests/vllm_llava_hf_reference.py, when there is one: transformers 5.23 there).
+- ``processor.apply`` and the engine's batching, with the HF video processor replaced by a plain conversion.
+- An engine (``vllm.LLM``, the CPU backend here) through the plugin, against framepress.apply on transformers'
+  model in this environment: prompt length, tokens and log-probabilities (needs torchvision for the HF video
+  processor; skipped without it, when an empty stand-in lets vLLM's modules import).
 """
 
 from __future__ import annotations
@@ -505,3 +511,76 @@ def test_a_request_processed_by_vllm_gets_placeholders_the_model_fills(engine_co
     for e, f in zip(embeddings, frames):
         video = torch.from_numpy(f).permute(0, 3, 1, 2).float() / 127.5 - 1
         torch.testing.assert_close(e, reference(plain[1], video, "holitom", 0.25), rtol=1e-5, atol=1e-6)
+
+
+# a vLLM engine end to end ------------------------------------------------------------------------------------
+ENGINE_PROMPT = "<|im_start|> user <video> what color <|im_end|> <|im_start|> assistant"
+
+
+def servable_packaged(path: Path) -> Path:
+    """framepress's packaged checkpoint with the processor settings vLLM's processing reads (96 px frames:
+    12x12 patches, pooled to 6x6)."""
+    import shutil
+
+    shutil.copytree(packaged.FOLDER, path, dirs_exist_ok=True)
+    size = {"height": 96, "width": 96}
+    (path / "processor_config.json").write_text(json.dumps({
+        "processor_class": "LlavaOnevisionProcessor", "num_image_tokens": 144, "vision_feature_select_strategy": "full",
+        "image_processor": {"image_processor_type": "LlavaOnevisionImageProcessor", "size": size,
+                            "image_grid_pinpoints": [[96, 96]]},
+        "video_processor": {"video_processor_type": "LlavaOnevisionVideoProcessor", "size": size},
+    }))
+    return path
+
+
+def hf_generate(folder: Path, frames: np.ndarray, method: str, retention: float, steps: int):
+    """framepress's HF adapter on transformers' LLaVA-OneVision (the same checkpoint and HF processor): the
+    compressed prompt's length, the greedy tokens and their log-probabilities."""
+    import transformers as tf
+
+    model = tf.AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+    inputs = tf.AutoProcessor.from_pretrained(folder)(text=ENGINE_PROMPT, videos=[frames], return_tensors="pt")
+    s = fp_settings.parse({"method": method, "retention": retention})
+    share = f"{retention * 100!r}%" if registry.get(method).inner else retention  # the pre-LLM part alone
+    lengths = []
+    with framepress.apply(model, method, share, **s.params):
+        hook = model.model.language_model.register_forward_pre_hook(
+            lambda m, a, k: lengths.append(k["inputs_embeds"].shape[1]), with_kwargs=True
+        )
+        try:
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=steps, do_sample=False, output_logits=True,
+                                     return_dict_in_generate=True)
+        finally:
+            hook.remove()
+    tokens = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+    return lengths[0], tokens, [torch.log_softmax(step[0].float(), -1) for step in out.logits]
+
+
+@pytest.mark.parametrize("method,retention", [("holitom", 0.25), ("gridpool", 0.25)])
+def test_an_engine_serves_compressed_videos_as_the_hf_adapter_answers(tmp_path, method, retention):
+    """``LLM(..., hf_overrides={"framepress": ...})`` through the plugin (framepress.vllm.register, vLLM's
+    general plugin): a video request's prompt is the compressed length, and every generated token and its
+    log-probabilities equal framepress.apply on transformers' model."""
+    pytest.importorskip("torchvision")  # the HF video processor vLLM calls
+    from vllm import LLM, SamplingParams
+
+    folder = servable_packaged(tmp_path / "ckpt")
+    frames = np.random.default_rng(1).integers(0, 255, (8, 96, 96, 3), dtype=np.uint8)
+    llm = LLM(
+        model=str(folder), dtype="float32", enforce_eager=True, max_model_len=1024, max_num_seqs=2,
+        gpu_memory_utilization=0.1, limit_mm_per_prompt={"video": 1, "image": 0},
+        hf_overrides={"framepress": {"method": method, "retention": retention}},
+    )
+    try:
+        (out,) = llm.generate({"prompt": ENGINE_PROMPT, "multi_modal_data": {"video": frames}},
+                              SamplingParams(max_tokens=3, temperature=0, logprobs=3))
+    finally:
+        del llm
+    assert len(out.prompt_token_ids) == 7 + budget.tokens_for(retention, 8 * 36) + 1  # 7 words, the video, newline
+    length, tokens, logprobs = hf_generate(folder, frames, method, retention, steps=3)
+    assert len(out.prompt_token_ids) == length
+    assert list(out.outputs[0].token_ids) == tokens
+    for step, chosen in enumerate(out.outputs[0].logprobs):
+        for token, lp in chosen.items():
+            assert abs(lp.logprob - float(logprobs[step][token])) < 2e-4, (step, token)
