@@ -10,7 +10,8 @@ text position unchanged, as its HF adapter does. vLLM differs in both places (it
 vLLM lays out positions while it processes the prompt, before the encoder chooses the kept tokens:
 :func:`prompt_positions` gives every text position and placeholder positions for the videos; after encoding,
 each video's embeddings carry their kept tokens' relative positions in :data:`CHANNELS` extra channels
-(:func:`attach`), which :func:`rewrite` strips and writes into the sequence.
+(:func:`attach`), which :func:`rewrite` strips and writes into the sequence; :func:`delta` places the generated
+tokens as ``generate`` does.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def time_interval(tokens_per_second: float, second_per_grid_t: float) -> float:
 
 
 def prompt_positions(n_tokens: int, media: Sequence[Media]) -> tuple[torch.Tensor, int]:
-    """[3, n_tokens] positions of a prompt whose media sit at ``media`` (any order), and the M-RoPE delta.
+    """[3, n_tokens] positions of a prompt whose media sit at ``media`` (any order), and its :func:`delta`.
 
     An item with fewer placeholders than grid tokens (a compressed video) takes its first ``length`` grid
     positions as placeholders, which :func:`rewrite` replaces once the kept tokens are known; text positions are
@@ -69,7 +70,16 @@ def prompt_positions(n_tokens: int, media: Sequence[Media]) -> tuple[torch.Tenso
         at = item.offset + item.length
     pieces.append(torch.arange(n_tokens - at).expand(3, -1) + current)
     positions = torch.cat(pieces, 1)
-    return positions, int(positions.max()) + 1 - n_tokens
+    return positions, delta(positions)
+
+
+def delta(positions: torch.Tensor) -> int:
+    """What a generated token adds to its index for its positions: transformers' ``generate`` gives each new
+    token the last token's positions plus one on every row (a chat prompt ends in text, whose rows agree), so
+    the first generated token, at index N, sits one past the prompt's last position. (vLLM's own rule and HF's
+    cached ``rope_deltas`` go one past the largest position instead; they differ when a video's last temporal
+    position lies beyond all the text after it.)"""
+    return int(positions[:, -1].max()) + 1 - positions.shape[1] if positions.shape[1] else 0
 
 
 def kept_positions(boxes: torch.Tensor, grid: tuple[int, int, int], interval: float) -> torch.Tensor:
@@ -108,7 +118,7 @@ def rewrite(
     compressed: torch.Tensor,
     num_computed: int,
     media_ids: Sequence[int],
-) -> tuple[torch.Tensor, int]:
+) -> torch.Tensor:
     """Write the kept tokens' positions into a prompt's [3, N] ``positions``; returns them and the delta.
 
     ``relative`` [M, 3] and ``compressed`` [M] are the rows of the media embeddings one prefill step gathers,
@@ -129,4 +139,4 @@ def rewrite(
     start = starts[rows]
     base = torch.where(start > 0, positions[0, (start - 1).clamp_min(0)] + 1, 0)
     positions[:, rows] = (relative + base[:, None]).T.to(positions.dtype)
-    return positions, int(positions.max()) + 1 - ids.numel()
+    return positions

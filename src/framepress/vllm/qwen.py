@@ -103,8 +103,7 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
                 self.interval(1.0) if feature.modality == "video" else 1.0)
             grid = llm_grid(data[key].data.tolist(), self.merge)
             media.append(mrope.Media(feature.mm_position.offset, feature.mm_position.length, grid, interval))
-        positions, delta = mrope.prompt_positions(len(input_tokens), media)
-        return positions, delta
+        return mrope.prompt_positions(len(input_tokens), media)
 
     def embed_multimodal(self, **kwargs: object):
         if self.framepress is None:
@@ -131,16 +130,14 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
         if self.framepress is None:
             return super().recompute_mrope_positions(input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens)
         parts = [mrope.detach(e) for e in multimodal_embeddings]
-        if not parts:
-            return [], mrope_positions, int(mrope_positions.max()) + 1 - len(input_ids)
-        relative = torch.cat([p[1] for p in parts])
-        compressed = torch.cat([p[2] for p in parts])
-        ids = torch.as_tensor(input_ids, device=mrope_positions.device)
-        positions, delta = mrope.rewrite(
-            mrope_positions, ids, relative, compressed, num_computed_tokens,
-            (self.config.image_token_id, self.config.video_token_id),
-        )
-        return [p[0] for p in parts], positions, delta
+        positions = mrope_positions
+        if parts:
+            positions = mrope.rewrite(
+                mrope_positions, torch.as_tensor(input_ids, device=mrope_positions.device),
+                torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]), num_computed_tokens,
+                (self.config.image_token_id, self.config.video_token_id),
+            )
+        return [p[0] for p in parts], positions, mrope.delta(positions)
 
 
 def compress_video(chosen: _settings.Settings, embeds: torch.Tensor, grid: tuple[int, int, int], interval: float):
