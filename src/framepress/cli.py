@@ -625,9 +625,17 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
 
     command = "framepress bench-quality " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench-quality"] else \
         "framepress bench-quality"
-    rows = quality.run(Path(args.out), per_kind=args.per_kind, methods=args.methods or quality.METHODS,
-                       retentions=args.retentions or quality.RETENTIONS, model_path=args.model, batch=args.batch,
-                       progress=not args.quiet, command=command.strip())
+    methods, retentions = args.methods or quality.METHODS, args.retentions or quality.RETENTIONS
+    if args.regime == "real":  # a missing model is an error naming how to build it (quality.real_path)
+        args.out = args.out or "docs/quality-real.md"
+        rows = quality.run_real(Path(args.out), per_kind=args.per_kind, methods=methods, retentions=retentions,
+                                model_path=args.model, kinds=args.kinds or quality.REAL_KINDS,
+                                chunk=args.batch or quality.REAL_CHUNK, progress=not args.quiet, command=command.strip())
+    else:
+        args.out = args.out or "docs/quality.md"
+        rows = quality.run(Path(args.out), per_kind=args.per_kind, methods=methods, retentions=retentions,
+                           model_path=args.model, batch=args.batch or 50, progress=not args.quiet, command=command.strip(),
+                           kinds=args.kinds or quality.KINDS)
     full = rows[0]["overall"]
     print(f"full tokens: {100 * full:.1f}% overall; wrote {args.out} and its .png/.json")
     return 0
@@ -700,12 +708,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Accuracy per question kind of every method at 50-1%% retention on the held-out "
                        "synthetic test sets, with the packaged synthetic-domain model: a proxy for the papers' "
                        "benchmarks, not a substitute. Writes a table (markdown), the numbers (.json) and a plot (.png).")
-    p.add_argument("--out", default="docs/quality.md", help="markdown file to write (default docs/quality.md)")
+    p.add_argument("--regime", choices=("tiny", "real"), default="tiny", help="tiny: the packaged model, 16 frames "
+                   "of 6x6 tokens; real: the real-regime model (32 frames of 14x14 tokens, python -m framepress.training "
+                   "--regime real), resumable from OUT.journal.jsonl")
+    p.add_argument("--out", help="markdown file to write (default docs/quality.md; docs/quality-real.md for --regime real)")
     p.add_argument("--per-kind", type=_positive, default=300, help="held-out items per question kind (default 300)")
     p.add_argument("--methods", type=_csv, help="comma-separated methods (default: all grid and in-LLM methods)")
     p.add_argument("--retentions", type=_retentions, help="comma-separated retentions (default 0.5,0.3,0.1,0.05,0.02,0.01)")
-    p.add_argument("--model", help="another checkpoint folder trained by python -m framepress.training")
-    p.add_argument("--batch", type=_positive, default=50, help="clips per forward pass (default 50)")
+    p.add_argument("--kinds", type=_csv, help="comma-separated question kinds (default: the regime's, "
+                   "framepress.quality.KINDS or REAL_KINDS)")
+    p.add_argument("--model", help="another checkpoint folder trained by python -m framepress.training (for --regime "
+                   "real, default src/framepress/models/synthetic-real)")
+    p.add_argument("--batch", type=_positive, help="clips per forward pass (default 50; for --regime real 10, each "
+                   "chunk encoded once and journaled)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_bench_quality)
 

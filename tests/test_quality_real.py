@@ -1,0 +1,107 @@
+"""bench-quality --regime real: the refusal without a model, the replayed encoding, and the resumable journal, on a
+randomly initialised model of the real regime's shape (32 frames of 14x14 tokens)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from framepress import quality, synth, training
+from framepress.cli import main
+
+
+@pytest.fixture(scope="module")
+def real_model(tmp_path_factory):
+    import transformers
+
+    folder = tmp_path_factory.mktemp("real") / "model"
+    torch.manual_seed(0)
+    model = transformers.LlavaOnevisionForConditionalGeneration(training.config("real"))
+    training.save(model, training.tiny_tokenizer(), folder, {"regime": "real", "steps": 0})
+    return folder
+
+
+def test_a_missing_real_model_is_refused_naming_how_to_build_it(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="python -m framepress.training --regime real --out"):
+        quality.real_path(tmp_path / "absent")
+    assert main(["bench-quality", "--regime", "real", "--model", str(tmp_path / "absent"), "--quiet",
+                 "--out", str(tmp_path / "q.md")]) == 2
+    err = capsys.readouterr().err
+    assert "real-regime model is not at" in err and "--regime real" in err and not (tmp_path / "q.md").exists()
+    assert quality.REAL_FOLDER.name == "synthetic-real"
+
+
+def test_replayed_encoding_gives_the_logits_of_a_fresh_one(real_model):
+    """VisionZip reads the vision scores and keys, GridPool the unpooled grid, FastVID the score stand-in, FastV the
+    LLM: each sees the same inputs from the replay as from running the tower."""
+    from framepress.pipeline import load
+
+    pipe = load(real_model, device="cpu")
+    item = synth.generate("needle32", 0, split="test")
+    video = training.pixels(item.frames)[None]
+    ids = pipe.prompter.inputs(item.frames, item.question)["input_ids"]
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": video}
+    replay = quality.Replay(pipe.model)
+    replay.encode(video)
+    for method in (None, "visionzip", "gridpool", "fastvid", "fastv"):
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FastVID's stand-in for SigLIP's head
+            pipe.use(method, 0.1 if method else None)
+            fresh = pipe.model(**inputs).logits[:, -1]
+            pipe.close()
+            with replay:
+                pipe.use(method, 0.1 if method else None)
+                replayed = pipe.model(**inputs).logits[:, -1]
+                pipe.close()
+        assert "get_video_features" not in replay.base.__dict__
+        assert torch.allclose(fresh, replayed, atol=1e-5), method
+
+
+def test_the_real_bench_writes_a_table_with_standard_errors_and_resumes(real_model, tmp_path, monkeypatch):
+    out = tmp_path / "quality-real.md"
+    kinds = ("needle32",)
+    common = dict(per_kind=3, methods=("random", "visionzip"), retentions=(0.1,), model_path=real_model, kinds=kinds,
+                  chunk=2, progress=False)
+    rows = quality.run_real(out, **common)
+    labels = [(r["method"], r["retention"]) for r in rows]
+    assert labels == [("full", None), ("random", 0.1), ("visionzip", 0.1), ("random (original positions)", 0.1)]
+    for row in rows:
+        assert set(row["accuracy"]) == set(kinds) and all(row["items"][k] == 3 for k in kinds)
+        p = row["accuracy"]["needle32"]
+        assert row["stderr"]["needle32"] == pytest.approx((p * (1 - p) / 3) ** 0.5)
+    assert rows[1]["kept"] == pytest.approx(0.1, abs=0.02) and rows[0]["kept"] == 1.0
+    journal = out.with_suffix(".journal.jsonl").read_text().splitlines()
+    assert len(journal) == 1 + 2  # the meta line, then two chunks (2 + 1 items)
+    assert " ± " in out.read_text() and out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+    # a killed run: the last chunk is gone and a partial line is left; the rerun scores only that chunk
+    lines = journal[:-1] + ['{"kind": "needle32", "sta']
+    out.with_suffix(".journal.jsonl").write_text("\n".join(lines))  # no newline after the half-written line
+    scored = []
+    original = quality.RealBench.chunk
+
+    def counting(self, kind, start, count, chosen, tick):
+        scored.append((kind, start))
+        return original(self, kind, start, count, chosen, tick)
+
+    monkeypatch.setattr(quality.RealBench, "chunk", counting)
+    again = quality.run_real(out, **common)
+    assert scored == [("needle32", 2)]
+    assert len(out.with_suffix(".journal.jsonl").read_text().splitlines()) == 3  # the half line dropped
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
+    with pytest.raises(ValueError, match="journal of another bench .*per_kind"):
+        quality.run_real(out, **{**common, "per_kind": 4})
+
+
+def test_the_real_bench_from_the_command_line(real_model, tmp_path):
+    out = tmp_path / "q.md"
+    assert main(["bench-quality", "--regime", "real", "--model", str(real_model), "--per-kind", "1", "--methods",
+                 "random", "--retentions", "0.05", "--kinds", "events,cut", "--quiet", "--out", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["meta"]["regime"] == "real" and list(data["rows"][0]["accuracy"]) == ["events", "cut"]
+    assert [r["method"] for r in data["rows"]] == ["full", "random"]  # 0.05 is not a position-control retention
+    assert main(["bench-quality", "--regime", "real", "--model", str(real_model), "--kinds", "needle", "--quiet",
+                 "--out", str(out)]) == 2  # a tiny kind, named
