@@ -250,3 +250,17 @@ def test_real_kinds_refuse_too_few_frames_or_pixels():
         synth.generate("events", 0, frames=16)
     with pytest.raises(ValueError, match=r"size must be an integer in \[84, 1024\] pixels for kind 'detail'"):
         synth.generate("detail", 0, size=64)
+
+
+@pytest.mark.parametrize("kind", ["needle32", "second", "events"])
+def test_uniform_frame_dropping_at_10_percent_misses_the_evidence(kind):
+    """The frames method at 10% keeps 3 of 32 frames, evenly spaced: the one-frame evidence is rarely among them."""
+    import torch
+
+    import framepress
+
+    grid = torch.zeros(synth.REAL_FRAMES, 14, 14, 4)
+    kept = set(framepress.compress(grid, "frames", retention=0.1).boxes[:, 0].tolist())
+    assert len(kept) == 3
+    held = [set(item.evidence) <= kept for item in synth.test_set(kind, 40)]
+    assert sum(held) / len(held) < 0.15
