@@ -15,6 +15,14 @@ the vision tower costs as much as a compressed prefill, so the loop runs item-ma
 once (the pooled features, the vision signals and the unpooled grid the methods read) and every setting replays
 that encoding (:class:`Replay`); each finished chunk is appended to a journal beside the table, so an interrupted
 run resumes where it stopped. Each cell has its standard error (binomial, sqrt(p(1-p)/n)).
+
+Its cost, measured on a randomly initialised model of the real regime's shape (the methods' work does not depend on
+the weights) with every method at every retention (111 settings), on this project's 2-core machine shared with
+other work (load average about 4): 440 s a chunk of 10 clips, of which the one encoding is 9 s (replaying it saves
+the other 110 encodings, 17 minutes a chunk); the rest is the methods' own work on 6,272-token grids (unified 40%,
+STTM 14%, HoliTom 13%, DivPrune 10%, FastV 6%, the full-token prefill 1.4%). 300 clips per kind (2,100 clips) is
+then about 26 hours: spread it over sessions (the journal), or narrow ``--methods``, ``--retentions`` and
+``--kinds``.
 """
 
 from __future__ import annotations
