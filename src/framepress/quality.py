@@ -377,7 +377,8 @@ def aggregate(chosen: list[Setting], entries: list[dict], kinds) -> list[dict]:
         for kind in kinds:
             hits = [h for e, c in zip(entries, cells) if e["kind"] == kind for h in c["hits"]]
             p = statistics.fmean(hits)
-            row["accuracy"][kind], row["stderr"][kind], row["items"][kind] = p, (p * (1 - p) / len(hits)) ** 0.5, len(hits)
+            row["accuracy"][kind], row["items"][kind] = p, len(hits)
+            row["stderr"][kind] = (p * (1 - p) / len(hits)) ** 0.5
         row["overall"] = statistics.fmean(row["accuracy"].values())
         row["overall_stderr"] = sum(se**2 for se in row["stderr"].values()) ** 0.5 / len(kinds)
         row["kept"] = statistics.fmean(k for c in cells for k in c["kept"])

@@ -314,7 +314,8 @@ def train(out: Path, steps: int, batch: int = 32, lr: float = 1e-3, warmup: int 
         if not (folder / "state.pt").is_file():
             raise FileNotFoundError(f"resume: no saved state at {folder / 'state.pt'} (train with --save-every first)")
         state = torch.load(folder / "state.pt", weights_only=False)
-        differs = [f"{k}={state['recipe'].get(k)!r} there, {v!r} here" for k, v in recipe.items() if state["recipe"].get(k) != v]
+        saved = state["recipe"]
+        differs = [f"{k}={saved.get(k)!r} there, {v!r} here" for k, v in recipe.items() if saved.get(k) != v]
         if differs:
             raise ValueError(f"resume: {folder} holds another run ({'; '.join(differs)})")
         model.load_state_dict(state["model"])
