@@ -149,7 +149,8 @@ def compressed_count(method: str, retention: float, grid: tuple[int, int, int], 
         return len(framepress.compress(x, method, share, **s.params))
     g = torch.Generator().manual_seed(T * h)
     x = torch.randn(T, h, w, 4, generator=g)
-    signals = {param: torch.rand(T, h, w, generator=g) for param in s.signals}  # "scores"
+    shapes = {"scores": (T, h, w), "keys": (T, h, w, 8)}
+    signals = {param: torch.rand(shapes[name], generator=g) for param, name in s.signals.items()}
     return len(s.compress(x, signals))
 
 
@@ -164,7 +165,7 @@ def test_the_processor_is_registered_on_framepress_model_class():
     assert factory.processor is llava.LlavaOnevisionProcessor
     assert (factory.info, factory.dummy_inputs) == (LlavaOnevisionProcessingInfo, LlavaOnevisionDummyInputsBuilder)
     assert LlavaOnevisionForConditionalGeneration._processor_factory.processor is LlavaOnevisionMultiModalProcessor
-    assert llava.SIGNALS.keys() == {"scores"}
+    assert llava.SIGNALS.keys() == {"scores", "keys"} == llava.VISION_SIGNALS.keys()
 
 
 GRIDS = [(T, side) for T in (1, 4, 8, 32) for side in (6, 14)]
@@ -279,16 +280,18 @@ def reference(model, video: torch.Tensor, method: str, retention: float, params=
             kept = framepress.compress(patches.reshape(T, side, side, C), method, share, **s.params).features
         else:
             pooled = LlavaOnevisionForConditionalGeneration.apply_pooling(model, patches).reshape(T, 6, 6, C)
-            signals = {param: scores(model, video) for param, name in s.signals.items() if name == "scores"}
+            computed = vision_signals(model, video)
+            signals = {param: computed[name] for param, name in s.signals.items()}
             tokens = framepress.compress(pooled, method, retention, **s.params, **signals)
             rep = [int(t) * 36 + int(y) * 6 + int(x) for t, y, x in tokens.boxes[:, :3].tolist()]
             kept = tokens.features[sorted(range(len(rep)), key=rep.__getitem__)]
         return torch.cat([kept, model.image_newline[None]])
 
 
-def scores(model, video: torch.Tensor) -> torch.Tensor:
-    """[T, 6, 6]: the attention each patch receives in the last SigLIP layer (softmax(q k^T / sqrt(d)) per head,
-    mean over heads and queries), bilinearly pooled like the features, written out head by head."""
+def vision_signals(model, video: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The last SigLIP layer's signals for the video, written out head by head: "scores" [T, 6, 6], the attention
+    each patch receives (softmax(q k^T / sqrt(d)) per head, mean over heads and queries), and "keys"
+    [T, 6, 6, d], the keys' mean over heads, each bilinearly pooled like the features."""
     layer = model.vision_tower.vision_model.encoder.layers[-1]
     seen = []
     hook = layer.self_attn.register_forward_pre_hook(lambda m, a, k: seen.append(k["hidden_states"]), with_kwargs=True)
@@ -300,13 +303,14 @@ def scores(model, video: torch.Tensor) -> torch.Tensor:
     attn = layer.self_attn
     q, k, _ = attn.qkv_proj(hidden)[0].chunk(3, dim=-1)
     T, P, _ = q.shape
-    received = torch.zeros(T, P)
+    received, keys = torch.zeros(T, P), torch.zeros(T, P, attn.head_dim)
     for head in range(attn.num_heads):
         part = slice(head * attn.head_dim, (head + 1) * attn.head_dim)
         logits = torch.einsum("tqd,tkd->tqk", q[..., part].float(), k[..., part].float()) / math.sqrt(attn.head_dim)
         received += logits.softmax(-1).mean(1) / attn.num_heads
-    pooled = LlavaOnevisionForConditionalGeneration.apply_pooling(model, received[..., None])
-    return pooled.reshape(T, 6, 6)
+        keys += k[..., part] / attn.num_heads
+    pool = LlavaOnevisionForConditionalGeneration.apply_pooling
+    return {"scores": pool(model, received[..., None]).reshape(T, 6, 6), "keys": pool(model, keys).reshape(T, 6, 6, -1)}
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +342,7 @@ def test_embeddings_are_framepress_compress_then_the_newline(engine_context, pla
     (placeholder,) = placeholders(processor(model_config({"method": method, "retention": retention})), [8])
     assert got.shape == (len(placeholder), 128)
     expected = reference(plain[1], video, method, retention)
-    if registry.get(method).signals:  # the scores are summed in another order than the model's: to rounding
+    if registry.get(method).signals:  # the signals are summed in another order than the model's: to rounding
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     else:
         assert torch.equal(got, expected)

@@ -10,8 +10,8 @@
   adapter does), its tokens in output order.
 - Vision signals (:data:`SIGNALS`): "scores", the attention each patch receives in the SigLIP layer that feeds the
   projector (mean over heads and queries), pooled like the features, as framepress's HF adapter computes them
-  (HoliTom, the unified method). Keys (VisionZip) and the SigLIP head (FastVID) are not computed: those methods
-  are refused at start-up.
+  (HoliTom, the unified method, VisionZip), and "keys", that layer's keys (mean over heads), pooled the same way
+  (VisionZip's metric). The SigLIP head's signals (FastVID) are not computed: FastVID is refused at start-up.
 
 Positions on LLaVA are 1-D and contiguous, so the compressed layout needs no position rewrite. Without a
 ``framepress`` entry in the model config the processor and the model are vLLM's own.
@@ -40,11 +40,12 @@ from .. import budget as _budget
 from ..tokens import Tokens
 from . import settings as _settings
 
-#: the vision signals framepress computes in vLLM's LLaVA-OneVision tower (methods that read others, keys or the
-#: SigLIP head, are refused at start-up with the reason)
+#: the vision signals framepress computes in vLLM's LLaVA-OneVision tower (a method that reads others, the SigLIP
+#: head's, is refused at start-up with the reason)
 SIGNALS: dict[str, str] = {
     "scores": "the attention each patch receives in the SigLIP layer feeding the projector (mean over heads and "
               "queries), pooled like the features",
+    "keys": "that layer's keys (mean over heads), pooled like the features",
 }
 FAMILY = "LLaVA-OneVision"
 
@@ -186,12 +187,14 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
     def _video_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """[frames, c, h, w] -> the projector's [frames, P, C] (vLLM's path up to the pooling), and the vision
         signals the method reads, per frame ("scores": [frames, h, w] float, pooled like the features)."""
-        wanted = set(self.framepress.signals.values())
-        received: list[torch.Tensor] = []
+        wanted = sorted(set(self.framepress.signals.values()))
+        computed: dict[str, torch.Tensor] = {}
         hook = None
-        if "scores" in wanted:
+        if wanted:
             def on_attention(module, args, kwargs):
-                received.append(mean_attention_received(module, kwargs.get("hidden_states", args[0] if args else None)))
+                hidden = kwargs.get("hidden_states", args[0] if args else None)
+                for name in wanted:
+                    computed[name] = VISION_SIGNALS[name](module, hidden)
 
             hook = self._feature_layer().self_attn.register_forward_pre_hook(on_attention, with_kwargs=True)
         try:
@@ -200,11 +203,12 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
             if hook is not None:
                 hook.remove()
         signals = {}
-        if "scores" in wanted:
-            (scores,) = received
-            pooled = self.apply_pooling(scores[..., None].to(features.dtype))  # as framepress's HF adapter pools it
+        for name, value in computed.items():  # pooled as framepress's HF adapter pools them: like the features
+            plain = value.ndim == 2  # [F, P] (scores), or [F, P, D] (keys)
+            pooled = self.apply_pooling((value[..., None] if plain else value).to(features.dtype))
             h = math.isqrt(pooled.shape[1])
-            signals["scores"] = pooled.reshape(pooled.shape[0], h, h).float()
+            pooled = pooled.reshape(pooled.shape[0], h, h, -1).float()
+            signals[name] = pooled[..., 0] if plain else pooled
         return self.multi_modal_projector(features), signals
 
     def compress_video(self, patches: torch.Tensor, signals: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -254,3 +258,25 @@ def mean_attention_received(attn: torch.nn.Module, hidden: torch.Tensor, frames_
 
         received = tensor_model_parallel_all_reduce(received) / attn.num_heads
     return received
+
+
+def mean_keys(attn: torch.nn.Module, hidden: torch.Tensor, frames_per_chunk: int = 4) -> torch.Tensor:
+    """[F, P, head_dim]: vLLM's SigLIP attention's keys, mean over heads (framepress.signals.mean_keys on vLLM's
+    fused projection: VisionZip's metric). Under tensor parallelism the ranks' sums over their heads are added."""
+    heads, d = attn.num_heads_per_partition, attn.head_dim
+    out = []
+    for s in range(0, hidden.shape[0], frames_per_chunk):
+        h = hidden[s : s + frames_per_chunk]
+        qkv, _ = attn.qkv_proj(h)
+        k = qkv.chunk(3, dim=-1)[1].reshape(*h.shape[:-1], heads, d)
+        out.append(k.mean(-2) if attn.tp_size == 1 else k.sum(-2))
+    keys = torch.cat(out)
+    if attn.tp_size > 1:
+        from vllm.distributed import tensor_model_parallel_all_reduce
+
+        keys = tensor_model_parallel_all_reduce(keys) / attn.num_heads
+    return keys
+
+
+#: how each signal of :data:`SIGNALS` is computed from the feature layer's attention and its normalized input
+VISION_SIGNALS = {"scores": mean_attention_received, "keys": mean_keys}
