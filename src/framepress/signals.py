@@ -80,18 +80,27 @@ def pseudo_cls_scores(
     q, k, _ = attn.qkv(hidden).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
     q, k = rotate(q, k, cos, sin)
+    return pseudo_cls_probs(q, k, frame_of, merge_unit, attn.scaling).mean(1)
+
+
+def pseudo_cls_probs(
+    q: torch.Tensor, k: torch.Tensor, frame_of: torch.Tensor, merge_unit: int, scaling: float
+) -> torch.Tensor:
+    """[M, heads]: the pseudo-CLS softmax of :func:`pseudo_cls_scores` per head, from the block's rotated queries
+    and keys ``q``, ``k`` [M*merge_unit, heads, d] (in its own token order, merge groups consecutive): for a
+    vision tower whose attention is not transformers' (vLLM's), or whose heads are split over ranks."""
     q, k = q.float(), k.float().reshape(-1, merge_unit, *k.shape[1:]).mean(1)  # [M, heads, d]
     frames = int(frame_of.max()) + 1
     patch_frame = frame_of.repeat_interleave(merge_unit)
     q_frame = torch.zeros(frames, *q.shape[1:], device=q.device).index_add_(0, patch_frame, q)
     q_frame = q_frame / torch.bincount(patch_frame, minlength=frames).clamp_min(1)[:, None, None]
-    logits = (q_frame[frame_of] * k).sum(-1) * attn.scaling  # [M, heads]
+    logits = (q_frame[frame_of] * k).sum(-1) * scaling  # [M, heads]
     peak = torch.full((frames, logits.shape[1]), -torch.inf, device=q.device).scatter_reduce(
         0, frame_of[:, None].expand_as(logits), logits, "amax"
     )
     weights = (logits - peak[frame_of]).exp()
     total = torch.zeros(frames, logits.shape[1], device=q.device).index_add_(0, frame_of, weights)
-    return (weights / total[frame_of]).mean(1)
+    return weights / total[frame_of]
 
 
 def decode_attention(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 from .. import budget as _budget
 from .. import checks, registry
 from ..api import compress
+from ..models.base import HEAD_SIGNALS, SIGNALS, STAND_IN
 from ..tokens import Tokens
 
 log = logging.getLogger("vllm.framepress")  # a child of the logger vLLM configures, so it prints with its own
@@ -84,9 +85,14 @@ def from_config(config: Any) -> Settings | None:
     return parse(raw)
 
 
-def parse(raw: Any, family: str | None = None, family_signals: Mapping[str, str] | None = None) -> Settings:
+def parse(raw: Any, family: str | None = None, family_signals: Mapping[str, str] | None = None,
+          hf_signals: Collection[str] | None = None) -> Settings:
     """Check a ``framepress`` entry. ``family`` and ``family_signals`` (signal -> how the family computes it in
-    vLLM) check that the model can give the signals the method reads; every error names the setting."""
+    vLLM) check that the model can give the signals the method reads; every error names the setting.
+
+    ``hf_signals``, the signals framepress's HF adapter computes for the family (its ``vision_signals``), makes
+    each signal parameter read what the adapter gives it (:func:`resolve_signals`: the registry's signal, else
+    its stand-in, else the method's default); without it every parameter reads the registry's signal."""
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
@@ -119,6 +125,8 @@ def parse(raw: Any, family: str | None = None, family_signals: Mapping[str, str]
         raise ValueError(f"framepress: {spec.name} needs a retention (a share of the video tokens in (0, 1])")
     own = {k: v for k, v in params.items() if k not in WINDOW_ARGS}
     signals = {p: s for p, s in spec.signals.items() if params.get(p) is None}
+    if hf_signals is not None:
+        signals = resolve_signals(spec, signals, hf_signals, family)
     bad = sorted(p for p in spec.signals if p in own and not _is_plain(own[p]))
     if bad:
         raise TypeError(f"framepress: {', '.join(bad)} of {spec.name} are tensors the model computes; leave them out")
@@ -140,6 +148,28 @@ def parse(raw: Any, family: str | None = None, family_signals: Mapping[str, str]
     settings = Settings(spec.name, retention, params, signals)
     log.info("framepress: serving %s at retention %s with %s", spec.name, retention, params or "its defaults")
     return settings
+
+
+def resolve_signals(spec: registry.Method, signals: Mapping[str, str], hf_signals: Collection[str],
+                    family: str | None) -> dict[str, str]:
+    """parameter -> the signal framepress's HF adapter hands it on the family (``framepress.patch._signals``,
+    no SigLIP head): the registry's signal, else its stand-in (``models.base.STAND_IN``), else none (the method's
+    default, as the adapter leaves it); a required parameter the adapter cannot give is refused."""
+    chosen = {}
+    for param, name in signals.items():
+        for candidate in (name, STAND_IN.get(name)):
+            if candidate in hf_signals and candidate not in HEAD_SIGNALS:
+                chosen[param] = candidate
+                break
+        else:
+            if spec.params[param] is registry._REQUIRED:
+                raise ValueError(f"framepress: {spec.name} needs {param} from the vision encoder, which "
+                                 f"{family or 'the model'} cannot give ({SIGNALS[name]})")
+        if chosen.get(param) != name:
+            log.info("framepress: %s on %s: %s reads %s", spec.name, family or "the model", param,
+                     f"the signal {chosen[param]!r} (standing in for {name!r})" if param in chosen
+                     else f"the method's default ({name!r} is not computed for this family)")
+    return chosen
 
 
 def _refuse_stage(spec: registry.Method) -> None:
