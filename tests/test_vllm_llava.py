@@ -588,3 +588,29 @@ def test_an_engine_serves_compressed_videos_as_the_hf_adapter_answers(tmp_path, 
     for step, chosen in enumerate(out.outputs[0].logprobs):
         for token, lp in chosen.items():
             assert abs(lp.logprob - float(logprobs[step][token])) < 2e-4, (step, token)
+
+
+def test_vision_signals_under_tensor_parallelism_add_up_the_ranks_heads(monkeypatch):
+    """Each rank holds some heads: its part of the mean over heads, summed across ranks (here: the all-reduce left
+    out, the ranks' results added by hand), is the single-rank mean."""
+    import types
+
+    import vllm.distributed
+
+    monkeypatch.setattr(vllm.distributed, "tensor_model_parallel_all_reduce", lambda x: x)
+    heads, d, width = 4, 8, 16
+    g = torch.Generator().manual_seed(0)
+    wq, wk, wv = (torch.randn(heads * d, width, generator=g) for _ in range(3))
+    hidden = torch.randn(5, 9, width, generator=g)
+
+    def attention(rank_heads, tp_size):
+        rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in rank_heads])
+        w = torch.cat([wq[rows], wk[rows], wv[rows]])
+        return types.SimpleNamespace(num_heads=heads, num_heads_per_partition=len(rank_heads), head_dim=d,
+                                     tp_size=tp_size, scale=d**-0.5, qkv_proj=lambda h: (h @ w.T, None))
+
+    single = attention(range(heads), 1)
+    ranks = [attention([0, 1], 2), attention([2, 3], 2)]
+    for name, fn in llava.VISION_SIGNALS.items():
+        whole = fn(single, hidden)
+        torch.testing.assert_close(sum(fn(r, hidden) for r in ranks), whole, rtol=1e-5, atol=1e-6, msg=name)
