@@ -176,6 +176,8 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
         settings = settings_of(vllm_config.model_config.hf_config)  # a bad setting fails before any weight
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.framepress = settings
+        if settings is not None and settings.signals:
+            self._feature_layer()  # the layer the signals read: checked at start-up
 
     def _feature_layer(self) -> torch.nn.Module:
         """The SigLIP layer whose output feeds the projector: vLLM builds the tower up to it, so its last."""
@@ -186,7 +188,8 @@ class LlavaOnevision(LlavaOnevisionForConditionalGeneration):
 
     def _video_patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """[frames, c, h, w] -> the projector's [frames, P, C] (vLLM's path up to the pooling), and the vision
-        signals the method reads, per frame ("scores": [frames, h, w] float, pooled like the features)."""
+        signals the method reads, per frame, pooled like the features (float: "scores" [frames, h, w], "keys"
+        [frames, h, w, head_dim])."""
         wanted = sorted(set(self.framepress.signals.values()))
         computed: dict[str, torch.Tensor] = {}
         hook = None
