@@ -165,7 +165,7 @@ def reduce_tokens(
     else:
         rows = torch.rand(B, count, generator=generator).argsort(1)[:, :kept]
     rows = rows.sort(1).values
-    grid = grid.gather(1, rows[:, :, None].expand(-1, -1, D))
+    grid = grid.gather(1, rows.to(grid.device)[:, :, None].expand(-1, -1, D))
     index = index.gather(1, rows)
     return torch.cat([grid, newline], 1), torch.cat([index, torch.full((B, 1), N - 1)], 1)
 
@@ -173,8 +173,9 @@ def reduce_tokens(
 def sequences(model, prompts: Prompts, items: list[synth.Item], mode: str, keep: float, original: bool,
               generator: torch.Generator):
     """inputs_embeds, attention_mask, position_ids and labels of a batch (right-padded; loss on the answer and
-    the end of turn)."""
-    video = torch.stack([pixels(it.frames) for it in items])
+    the end of turn), on the model's device (the random choices are drawn on the CPU, so a run is the same there)."""
+    device = model.device
+    video = torch.stack([pixels(it.frames) for it in items]).to(device)
     features = model.model.get_video_features(
         video, vision_feature_layer=-1, vision_feature_select_strategy="full"
     ).pooler_output
@@ -186,7 +187,7 @@ def sequences(model, prompts: Prompts, items: list[synth.Item], mode: str, keep:
         before, after = prompts.around(item.question)
         target = [prompts.answer(item.answer), IM_END]
         text_after = torch.tensor(after + target)
-        parts = [embed(torch.tensor(before)), visual[b], embed(text_after)]
+        parts = [embed(torch.tensor(before, device=device)), visual[b], embed(text_after.to(device))]
         rows.append(torch.cat(parts))
         if original:
             pos = torch.cat([torch.arange(len(before)), len(before) + where[b],
@@ -199,13 +200,13 @@ def sequences(model, prompts: Prompts, items: list[synth.Item], mode: str, keep:
         labels.append(label)
     width = max(r.shape[0] for r in rows)
     D = rows[0].shape[1]
-    embeds = torch.zeros(len(rows), width, D)
+    embeds = torch.zeros(len(rows), width, D, device=device)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
     pos = torch.zeros(len(rows), width, dtype=torch.long)
     lab = torch.full((len(rows), width), -100)
     for b, (r, p, l) in enumerate(zip(rows, positions, labels)):
         embeds[b, : r.shape[0]], mask[b, : r.shape[0]], pos[b, : r.shape[0]], lab[b, : r.shape[0]] = r, 1, p, l
-    return embeds, mask, pos, lab
+    return embeds, mask.to(device), pos.to(device), lab.to(device)
 
 
 def loss_and_hits(model, embeds, mask, pos, labels):
@@ -214,7 +215,7 @@ def loss_and_hits(model, embeds, mask, pos, labels):
     target = labels[:, 1:]
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
     answer_at = (target != -100).float().argmax(1)  # the first labelled position: the answer word
-    rows = torch.arange(target.shape[0])
+    rows = torch.arange(target.shape[0], device=target.device)
     hits = logits[rows, answer_at].argmax(-1) == target[rows, answer_at]
     return loss, hits
 
@@ -278,13 +279,14 @@ def save_state(folder: Path, state: dict) -> None:
 
 def train(out: Path, steps: int, batch: int = 32, lr: float = 1e-3, warmup: int = 100, seed: int = 0,
           threads: int | None = None, eval_every: int = 500, log=print, regime: str = "tiny",
-          save_every: int | None = None, resume: bool = False, until: int | None = None) -> Path:
+          save_every: int | None = None, resume: bool = False, until: int | None = None, device: str = "cpu") -> Path:
     """Train from random weights for ``steps`` batches and save the checkpoint folder ``out``.
 
     ``save_every`` (default: the regime's) steps, the model, optimizer, schedule, RNG states and history go to
     :func:`resume_folder`; ``resume`` continues from there (the same recipe, else an error naming what differs), so
     an interrupted run ends with the same weights as an uninterrupted one. ``until``: stop after that step (saving
-    the state, not ``out``); returns the folder written.
+    the state, not ``out``); returns the folder written. ``device``: where the model runs ("cuda" untried so far:
+    every measured run was on CPUs).
     """
     import transformers as tf
 
@@ -299,7 +301,7 @@ def train(out: Path, steps: int, batch: int = 32, lr: float = 1e-3, warmup: int 
     generator = torch.Generator().manual_seed(seed)
     cfg = config(regime)
     cfg._attn_implementation = "sdpa"
-    model = tf.LlavaOnevisionForConditionalGeneration(cfg).train()
+    model = tf.LlavaOnevisionForConditionalGeneration(cfg).to(device).train()
     tokenizer = tiny_tokenizer()
     prompts = Prompts(tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -313,7 +315,7 @@ def train(out: Path, steps: int, batch: int = 32, lr: float = 1e-3, warmup: int 
     if resume:
         if not (folder / "state.pt").is_file():
             raise FileNotFoundError(f"resume: no saved state at {folder / 'state.pt'} (train with --save-every first)")
-        state = torch.load(folder / "state.pt", weights_only=False)
+        state = torch.load(folder / "state.pt", weights_only=False, map_location="cpu")
         saved = state["recipe"]
         differs = [f"{k}={saved.get(k)!r} there, {v!r} here" for k, v in recipe.items() if saved.get(k) != v]
         if differs:
@@ -386,9 +388,10 @@ def main(argv=None) -> None:
                         help="steps between resumable states in OUT.resume/ (default: 0 for tiny, 50 for real)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in OUT.resume/")
     parser.add_argument("--until", type=int, default=None, help="stop after this step (continue later with --resume)")
+    parser.add_argument("--device", default="cpu", help="where the model trains: cpu (default), cuda, ...")
     args = parser.parse_args(argv)
     train(args.out, args.steps, args.batch, args.lr, seed=args.seed, threads=args.threads, eval_every=args.eval_every,
-          regime=args.regime, save_every=args.save_every, resume=args.resume, until=args.until)
+          regime=args.regime, save_every=args.save_every, resume=args.resume, until=args.until, device=args.device)
 
 
 if __name__ == "__main__":
