@@ -53,8 +53,9 @@ KINDS = ("needle", "count", "color", "order", "static")
 
 #: where the real-regime model ships (built by :data:`REAL_BUILD`; not in the package until it is trained)
 REAL_FOLDER = Path(__file__).parent / "models" / "synthetic-real"
-REAL_BUILD = ("python -m framepress.training --regime real --out src/framepress/models/synthetic-real --steps 4000 "
-              "--batch 8 --threads 2 (resumable: add --resume, and --until STEP to stop early)")
+REAL_BUILD = ("python -m framepress.training --regime real --out runs/synthetic-real --steps 4000 --batch 8 --threads 2 "
+              "(resumable from runs/synthetic-real.resume/: add --resume, and --until STEP to stop early), then copy "
+              "runs/synthetic-real to src/framepress/models/synthetic-real or pass --model runs/synthetic-real")
 REAL_KINDS = tuple(synth.REAL_KINDS)
 REAL_CHUNK = 10  # clips encoded at once and journaled together
 
