@@ -26,7 +26,7 @@ from framepress.vllm import settings as fsettings  # noqa: E402
 from vllm_support import servable_checkpoint  # noqa: E402
 
 PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>what is in the video<|im_end|>\n<|im_start|>assistant\n"
-#: methods that need no vision signal (Qwen2.5-VL in vLLM computes none yet), with a setting each
+#: methods that need no vision signal, with a setting each (those reading the scores: test_vllm_qwen_signals.py)
 METHODS = {
     "random": {"retention": 0.25},
     "divprune": {"retention": 0.3},
@@ -257,7 +257,6 @@ def test_without_a_setting_the_processor_is_vllms_own(checkpoint, tokenizer):
     [
         ({"method": "fastv", "retention": 0.5}, "runs inside the LLM"),
         ({"method": "sttm", "retention": 0.5}, "searches its thresholds"),
-        ({"method": "unified", "retention": 0.5}, "vision signal"),
         ({"method": "divprune"}, "needs a retention"),
         ({"method": "divprune", "retention": 1.5}, "retention must be in"),
         ({"method": "holitom", "retention": 0.2, "params": {"allocation": "official"}}, "allocation='exact'"),

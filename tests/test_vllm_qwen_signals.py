@@ -26,7 +26,7 @@ import transformers as tf  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 import framepress  # noqa: E402
-from framepress import patch, registry  # noqa: E402
+from framepress import budget, patch, registry  # noqa: E402
 from framepress.models.qwen_vl import Qwen2_5_VL as HFAdapter  # noqa: E402
 from framepress.vllm import mrope, qwen  # noqa: E402
 from framepress.vllm import settings as fsettings  # noqa: E402
@@ -51,6 +51,14 @@ def hf_model(checkpoint):
 
 def pixels(grids, seed=0) -> torch.Tensor:
     return torch.randn(sum(t * h * w for t, h, w in grids), PATCH, generator=torch.Generator().manual_seed(seed))
+
+
+def video(frames, height, width, seed=0):
+    """Random frames and the metadata vLLM's processor takes with them (2 fps, no sampling)."""
+    pixels = (np.random.default_rng(seed).random((frames, height, width, 3)) * 255).astype(np.uint8)
+    meta = {"fps": 2.0, "frames_indices": list(range(frames)), "total_num_frames": frames, "duration": frames / 2,
+            "do_sample_frames": False}
+    return pixels, meta
 
 
 def hf_scores(model, px, grids):
@@ -100,6 +108,28 @@ def test_without_the_hf_signals_the_registry_signals_are_read():
 def test_a_signal_the_family_cannot_give_is_refused():
     with pytest.raises(ValueError, match="cannot compute in vLLM's Qwen2.5-VL"):
         fsettings.parse({"method": "unified", "retention": 0.3}, qwen.FAMILY, {}, qwen.HF_SIGNALS)
+
+
+@pytest.mark.parametrize("method", SIGNAL_METHODS)
+def test_vllms_processor_lays_out_the_served_count(checkpoint, method):
+    """vLLM's own processor, with the setting in the config, gives the video the count the model compresses to."""
+    import vllm.plugins
+    from vllm.config import ModelConfig
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+    from vllm.multimodal.processing.context import TimingContext
+    from vllm.multimodal.processing.inputs import ProcessorInputs
+
+    vllm.plugins.load_general_plugins()
+    setting = {"method": method, "retention": 0.3}
+    processor = MULTIMODAL_REGISTRY.create_processor(
+        ModelConfig(model=str(checkpoint), hf_overrides={"framepress": setting}, dtype="float32"))
+    frames, meta = video(8, 112, 168)
+    ids = tf.AutoTokenizer.from_pretrained(checkpoint)(PROMPT, add_special_tokens=False).input_ids
+    out = processor.apply(ProcessorInputs(ids, processor.info.parse_mm_data({"video": [(frames, meta)]})),
+                          TimingContext())
+    grid = qwen.llm_grid(out["mm_kwargs"]["video"][0]["video_grid_thw"].data.tolist(), 2)
+    count = out["prompt_token_ids"].count(processor.info.get_hf_config().video_token_id)
+    assert count == served(method, 0.3).count(grid) == budget.tokens_for(0.3, grid[0] * grid[1] * grid[2])
 
 
 # --- vLLM's vision tower ---------------------------------------------------------------------------------------
@@ -267,9 +297,7 @@ def test_an_engine_serves_unified_from_pixels_as_the_hf_adapter_answers(checkpoi
     import vllm.plugins
 
     retention = 0.3
-    frames = (np.random.default_rng(0).random((8, 112, 168, 3)) * 255).astype(np.uint8)
-    meta = {"fps": 2.0, "frames_indices": list(range(8)), "total_num_frames": 8, "duration": 4.0,
-            "do_sample_frames": False}
+    frames, meta = video(8, 112, 168)
     tokenizer = tf.AutoTokenizer.from_pretrained(checkpoint)
     text = tokenizer(PROMPT, add_special_tokens=False).input_ids
     # the pixels vLLM's processor makes of the frames (what its engine encodes), for the HF reference
