@@ -20,7 +20,10 @@ def real_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("real") / "model"
     torch.manual_seed(0)
     model = transformers.LlavaOnevisionForConditionalGeneration(training.config("real"))
-    training.save(model, training.tiny_tokenizer(), folder, {"regime": "real", "steps": 0})
+    history = [{"step": 1, "seconds": 7200, "accuracy": {k: 0.25 for k in synth.REAL_KINDS}}]
+    recipe = {"regime": "real", "steps": 1, "batch": 8, "lr": 1e-3, "warmup": 1, "seed": 0, "seconds": 7200,
+              "history": history}
+    training.save(model, training.tiny_tokenizer(), folder, recipe)
     return folder
 
 
@@ -75,7 +78,9 @@ def test_the_real_bench_writes_a_table_with_standard_errors_and_resumes(real_mod
     assert rows[1]["kept"] == pytest.approx(0.1, abs=0.02) and rows[0]["kept"] == 1.0
     journal = out.with_suffix(".journal.jsonl").read_text().splitlines()
     assert len(journal) == 1 + 2  # the meta line, then two chunks (2 + 1 items)
-    assert " ± " in out.read_text() and out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    table = out.read_text()
+    assert " ± " in table and out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert "## How the model was trained" in table and "| 1 | 2.0 | 25 |" in table
 
     # a killed run: the last chunk is gone and a partial line is left; the rerun scores only that chunk
     lines = journal[:-1] + ['{"kind": "needle32", "sta']

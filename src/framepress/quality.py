@@ -538,6 +538,24 @@ def markdown_real(rows: list[dict], meta: dict, picture: str) -> str:
         cells += [f"{100 * r['overall']:.1f} ± {100 * r['overall_stderr']:.1f}",
                   f"{100 * r['overall'] / full:.1f}%" if full else "n/a"]
         lines.append("| " + " | ".join(cells) + " |")
+    recipe_file = (REAL_FOLDER if meta["model"] == "real" else Path(meta["model"])) / "training.json"
+    recipe = json.loads(recipe_file.read_text()) if recipe_file.is_file() else {}
+    if recipe.get("history"):
+        trained = list(recipe["history"][0]["accuracy"])
+        lines += [
+            "",
+            "## How the model was trained",
+            "",
+            f"`python -m framepress.training --regime real --steps {recipe['steps']} --batch {recipe['batch']}` (seed "
+            f"{recipe['seed']}, AdamW lr {recipe['lr']}, {recipe['warmup']} warm-up steps, cosine decay to 10%): "
+            f"{recipe['seconds'] / 3600:.1f} hours. Held-out accuracy (40 items per kind, full tokens) during training:",
+            "",
+            "| step | hours | " + " | ".join(trained) + " |",
+            "|---|---|" + "---|" * len(trained),
+        ]
+        for h in recipe["history"]:
+            lines.append(f"| {h['step']} | {h['seconds'] / 3600:.1f} | "
+                         + " | ".join(f"{100 * h['accuracy'][k]:.0f}" for k in trained) + " |")
     return "\n".join(lines) + "\n"
 
 
