@@ -96,13 +96,18 @@ from framepress.vllm import settings as fp_settings  # noqa: E402
 
 #: the 14x14 grid of the real checkpoints (384 px frames, 14 px patches: 27x27 patches, pooled to 14x14)
 REAL_SIZE = {"vision_config": {"image_size": 384, "patch_size": 14}}
-#: every method vLLM serves on this family: those reading no vision signal, or only those llava.SIGNALS computes
-METHODS = [m for m in fp_settings.pre_llm_methods() if set(registry.get(m).signals.values()) <= set(llava.SIGNALS)]
-#: those reading a signal it does not compute (refused at start-up)
-SIGNAL_METHODS = [m for m in fp_settings.pre_llm_methods() if m not in METHODS]
+#: every method vLLM serves on this family (all pre-LLM methods with a count the grid gives: those reading vision
+#: signals read llava.SIGNALS, FastVID with "scores" standing in for its SigLIP-head saliency, as on HF)
+METHODS = fp_settings.pre_llm_methods()
 VIDEO_TOKEN = 251
 #: the patch grid's side before the 2x2 pooling, by the side after it
 UNPOOLED = {6: 12, 14: 27}
+
+
+def served(method: str, retention: float | None, params=None) -> fp_settings.Settings:
+    """The settings as this family's model reads them (its signals, and what the HF adapter hands each one)."""
+    return llava.settings_of(types.SimpleNamespace(framepress={"method": method, "retention": retention,
+                                                               "params": params or {}}))
 
 
 def model_config(framepress_entry=None, **overrides) -> ModelConfig:
@@ -140,7 +145,7 @@ def pooled_side(proc) -> int:
 def compressed_count(method: str, retention: float, grid: tuple[int, int, int], params=None) -> int:
     """len(framepress.compress(...)) on random features of the video's LLM grid (the unpooled one for a method
     that replaces the pooling, at the HF patch's share)."""
-    s = fp_settings.parse({"method": method, "retention": retention, "params": params or {}})
+    s = served(method, retention, params)
     T, h, w = grid
     if s.grid == "unpooled":
         H = W = UNPOOLED[h]
@@ -268,7 +273,7 @@ def reference(model, video: torch.Tensor, method: str, retention: float, params=
     """What the compressed video must be: framepress.compress on vLLM's own pooled features (the unpooled ones
     for a method that replaces the pooling), the tokens in their representatives' raster order, then vLLM's
     newline (one, closing the video)."""
-    s = fp_settings.parse({"method": method, "retention": retention, "params": params or {}})
+    s = served(method, retention, params)
     with torch.inference_mode():
         patches = model.multi_modal_projector(
             model.vision_tower(video, feature_select_strategy=model.config.vision_feature_select_strategy)
@@ -372,7 +377,7 @@ def test_tokens_go_in_their_representatives_order():
 
 
 def test_an_unpooled_count_that_misses_the_placeholders_is_refused(monkeypatch):
-    s = fp_settings.parse({"method": "gridpool", "retention": 0.25})
+    s = served("gridpool", 0.25)
     raw = torch.randn(4, 12, 12, 8)
     assert llava.compress_unpooled(s, raw, (4, 6, 6)).shape == (36, 8)
     real = fp_settings.compress
@@ -390,7 +395,7 @@ def test_embeddings_equal_framepress_hf_adapter(engine_context, tmp_path):
     """The same video through framepress.apply on transformers' LLaVA-OneVision (the packaged checkpoint):
     the video's block at the LLM's entry is what vLLM's model gives, tokens, order and newline."""
     # the params as vLLM serves them (an "official" method gets allocation="exact")
-    cases = [{"method": m, "retention": r, "params": dict(fp_settings.parse({"method": m, "retention": r}).params)}
+    cases = [{"method": m, "retention": r, "params": dict(served(m, r).params)}
              for m, r in CASES if r == 0.3]
     video = pixels(8, 7)
     torch.save(video, tmp_path / "pixels.pt")
@@ -419,8 +424,6 @@ BAD = [
     ({"method": "divprune", "retention": 0.1, "ratio": 3}, ValueError, "framepress: unknown key"),
     ('{"method": ', ValueError, "framepress: the setting is not valid JSON"),
     ({"method": "dycoke", "retention": 0.3, "params": {"allocation": "official"}}, ValueError, "allocation='exact'"),
-    *[({"method": m, "retention": 0.3}, ValueError, f"framepress: {m} reads the vision signal")
-      for m in SIGNAL_METHODS],
 ]
 
 
@@ -431,6 +434,25 @@ def test_a_bad_setting_fails_at_construction(engine_context, entry, error, messa
         processor(config)
     vllm_config = VllmConfig(model_config=config)
     with set_current_vllm_config(vllm_config), pytest.raises(error, match=message):
+        llava.LlavaOnevision(vllm_config=vllm_config)
+
+
+def test_every_pre_llm_method_serves_reading_what_the_hf_adapter_hands_it():
+    for method in METHODS:
+        s = llava.settings_of(types.SimpleNamespace(framepress={"method": method, "retention": 0.3}))
+        assert set(s.signals.values()) <= set(llava.SIGNALS), method
+    fastvid = llava.settings_of(types.SimpleNamespace(framepress={"method": "fastvid", "retention": 0.3}))
+    assert fastvid.signals == {"scores": "scores"}  # no SigLIP head: its frame features take the default
+
+
+def test_a_signal_the_family_does_not_compute_fails_at_construction(engine_context, monkeypatch):
+    monkeypatch.setattr(llava, "SIGNALS", {"keys": llava.SIGNALS["keys"]})
+    config = model_config({"method": "holitom", "retention": 0.3})
+    message = "framepress: holitom reads the vision signal.s. scores, which framepress cannot compute in vLLM's LLaVA"
+    with pytest.raises(ValueError, match=message):
+        processor(config)
+    vllm_config = VllmConfig(model_config=config)
+    with set_current_vllm_config(vllm_config), pytest.raises(ValueError, match=message):
         llava.LlavaOnevision(vllm_config=vllm_config)
 
 
@@ -452,7 +474,7 @@ def infos():
 def test_property_counts_follow_the_method(infos, method, frames, side, retention):
     if side == 14:
         frames = min(frames, 8)  # DivPrune is quadratic in the tokens: keep the big grids small
-    s = fp_settings.parse({"method": method, "retention": retention})
+    s = served(method, retention)
     info = infos[side]
     size = info.get_hf_config().vision_config.image_size
     try:
@@ -544,7 +566,7 @@ def hf_generate(folder: Path, frames: np.ndarray, method: str, retention: float,
 
     model = tf.AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
     inputs = tf.AutoProcessor.from_pretrained(folder)(text=ENGINE_PROMPT, videos=[frames], return_tensors="pt")
-    s = fp_settings.parse({"method": method, "retention": retention})
+    s = served(method, retention)
     share = f"{retention * 100!r}%" if registry.get(method).inner else retention  # the pre-LLM part alone
     lengths = []
     with framepress.apply(model, method, share, **s.params):

@@ -11,7 +11,8 @@
 - Vision signals (:data:`SIGNALS`): "scores", the attention each patch receives in the SigLIP layer that feeds the
   projector (mean over heads and queries), pooled like the features, as framepress's HF adapter computes them
   (HoliTom, the unified method, VisionZip), and "keys", that layer's keys (mean over heads), pooled the same way
-  (VisionZip's metric). The SigLIP head's signals (FastVID) are not computed: FastVID is refused at start-up.
+  (VisionZip's metric). The SigLIP head's signals are not computed: FastVID runs as framepress's HF adapter runs
+  it on the llava-hf checkpoints (which drop the head), "scores" standing in for its saliency.
 
 Positions on LLaVA are 1-D and contiguous, so the compressed layout needs no position rewrite. Without a
 ``framepress`` entry in the model config the processor and the model are vLLM's own.
@@ -37,23 +38,27 @@ from vllm.multimodal.parse import VideoEmbeddingItems, VideoProcessorItems
 from vllm.multimodal.processing import PromptReplacement
 
 from .. import budget as _budget
+from ..models.llava_onevision import LlavaOnevision as _HFAdapter
 from ..tokens import Tokens
 from . import settings as _settings
 
-#: the vision signals framepress computes in vLLM's LLaVA-OneVision tower (a method that reads others, the SigLIP
-#: head's, is refused at start-up with the reason)
+#: the vision signals framepress computes in vLLM's LLaVA-OneVision tower
 SIGNALS: dict[str, str] = {
     "scores": "the attention each patch receives in the SigLIP layer feeding the projector (mean over heads and "
               "queries), pooled like the features",
     "keys": "that layer's keys (mean over heads), pooled like the features",
 }
+#: the signals framepress's HF adapter computes on LLaVA-OneVision: a parameter reads what the adapter hands it
+#: (without a SigLIP head: FastVID's head signals are not computed, "scores" stands in for its saliency and its
+#: frame features take the method's default, as the HF adapter runs it on the llava-hf checkpoints)
+HF_SIGNALS = tuple(_HFAdapter.vision_signals)
 FAMILY = "LLaVA-OneVision"
 
 
 def settings_of(config: Any) -> _settings.Settings | None:
     """The checked ``framepress`` entry of a model config, for this family's signals; None without one."""
     raw = getattr(config, "framepress", None)
-    return None if raw is None else _settings.parse(raw, FAMILY, SIGNALS)
+    return None if raw is None else _settings.parse(raw, FAMILY, SIGNALS, HF_SIGNALS)
 
 
 def pooled_side(info: LlavaOnevisionProcessingInfo, image_width: int, image_height: int) -> int:
