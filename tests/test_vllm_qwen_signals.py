@@ -311,12 +311,12 @@ def test_an_engine_serves_unified_from_pixels_as_the_hf_adapter_answers(checkpoi
     T, h, w = qwen.llm_grid(grid, 2)
     count = fsettings.parse({"method": "unified", "retention": retention}).count((T, h, w))
 
-    video = hf_model.config.video_token_id
-    at = text.index(video)
-    ids = torch.tensor([text[:at] + [video] * (T * h * w) + text[at + 1 :]])
+    pad = hf_model.config.video_token_id
+    at = text.index(pad)
+    ids = torch.tensor([text[:at] + [pad] * (T * h * w) + text[at + 1 :]])
     with framepress.apply(hf_model, "unified", f"{retention * 100:g}%"):
         out = hf_model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=(ids == video).int() * 2,
+            input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=(ids == pad).int() * 2,
             pixel_values_videos=px, video_grid_thw=torch.tensor([grid]), second_per_grid_ts=torch.tensor([second]),
             max_new_tokens=3, do_sample=False, output_scores=True, return_dict_in_generate=True,
         )
