@@ -216,7 +216,8 @@ def hf_kept(model, px, grid, method, retention, params):
         try:
             with torch.no_grad():
                 model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=(ids == video).int() * 2,
-                      pixel_values_videos=px, video_grid_thw=torch.tensor([grid]), second_per_grid_ts=torch.tensor([1.0]))
+                      pixel_values_videos=px, video_grid_thw=torch.tensor([grid]),
+                      second_per_grid_ts=torch.tensor([1.0]))
         finally:
             hook.remove()
     (embeds,) = seen
@@ -268,7 +269,8 @@ def test_without_signals_the_tower_is_not_hooked(vllm_model):
     model.framepress = served("random", 0.5)
     try:
         with set_current_vllm_config(vllm_config), torch.inference_mode():
-            (rows,) = model.embed_multimodal(video_embeds=torch.randn(12, 128), video_grid_thw=torch.tensor([[2, 4, 6]]),
+            (rows,) = model.embed_multimodal(video_embeds=torch.randn(12, 128),
+                                             video_grid_thw=torch.tensor([[2, 4, 6]]),
                                              second_per_grid_ts=torch.tensor([1.0]))
     finally:
         model.framepress = qwen.settings_of(model.config)
