@@ -98,7 +98,7 @@ def test_signal_methods_are_served_on_qwen(method):
 
 
 def test_without_the_hf_signals_the_registry_signals_are_read():
-    """LLaVA's plugin passes no hf_signals: its refusals stay as they were."""
+    """Without hf_signals (parse's default) every parameter reads the registry's signal, as before."""
     with pytest.raises(ValueError, match="vision signal"):
         fsettings.parse({"method": "fastvid", "retention": 0.3}, "LLaVA-OneVision", {"scores": "..."})
     with pytest.raises(ValueError, match="vision signal"):
