@@ -270,6 +270,14 @@ def test_bad_settings_stop_start_up_with_framepress_messages(checkpoint, tokeniz
         placeholders(vllm_processor(checkpoint, setting), tokenizer, 4, 56, 56)
 
 
+def test_a_grid_the_method_cannot_serve_fails_in_prompt_processing(checkpoint, tokenizer):
+    """DyCoke keeps every 4-frame window's first frame whole: a request below that fails while its prompt is
+    processed (vLLM rejects that request) with DyCoke's own message, not later inside the encoder."""
+    processor = vllm_processor(checkpoint, {"method": "dycoke", "retention": 0.1})
+    with pytest.raises(ValueError, match="first frame of every 4-frame window"):
+        placeholders(processor, tokenizer, 8, 56, 56)
+
+
 def test_the_entry_point_registers_framepress_classes():
     from importlib.metadata import entry_points
 

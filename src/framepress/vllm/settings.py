@@ -196,10 +196,13 @@ def _is_plain(value: Any) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _count(method: str, retention: float | None, params: str, grid: tuple[int, int, int]) -> int:
+    """The count for a grid, found by running the method once on a seeded feature-free probe of that shape when
+    it reads no vision signal: a step method's count is its natural setting for the grid, and a grid the method
+    cannot serve at this retention (DyCoke keeps every 4-frame window's first frame whole) fails here, in the
+    prompt's processing, with the method's own message, instead of in the encoder."""
     spec = registry.get(method)
     T, H, W = grid
-    if spec.budget != "steps":
+    if spec.signals and spec.budget != "steps":
         return _budget.tokens_for(retention, T * H * W)
-    # a step method's count is a function of the grid: run it once on a feature-free grid of that shape
-    probe = torch.zeros(T, H, W, 1)
+    probe = torch.rand(T, H, W, 1, generator=torch.Generator().manual_seed(0))
     return len(compress(probe, method, retention, **json.loads(params)))
