@@ -32,7 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 KEY = "bench-vllm"
 HEADING = "Serving with vLLM (Qwen2.5-VL)"
-PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>what is in the video<|im_end|>\n<|im_start|>assistant\n"
+PROMPT = (
+    "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>what is in the video<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
 SETTINGS = (
     None,
     {"method": "pool", "params": {"stride": 2}},

@@ -25,7 +25,10 @@ from framepress.vllm import mrope  # noqa: E402
 from framepress.vllm import settings as fsettings  # noqa: E402
 from vllm_support import servable_checkpoint  # noqa: E402
 
-PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>what is in the video<|im_end|>\n<|im_start|>assistant\n"
+PROMPT = (
+    "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>what is in the video<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
 #: methods that need no vision signal, with a setting each (those reading the scores: test_vllm_qwen_signals.py)
 METHODS = {
     "random": {"retention": 0.25},
@@ -88,7 +91,8 @@ def hf_run(model, tokenizer, embeds, grid, second, method, setting, steps=3):
             )
             out = model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), mm_token_type_ids=kinds,
-                pixel_values_videos=torch.zeros(T * h * w * merge * merge, 1), video_grid_thw=torch.tensor([[T, h * merge, w * merge]]),
+                pixel_values_videos=torch.zeros(T * h * w * merge * merge, 1),
+                video_grid_thw=torch.tensor([[T, h * merge, w * merge]]),
                 second_per_grid_ts=torch.tensor([second]), max_new_tokens=steps, do_sample=False,
                 output_scores=True, return_dict_in_generate=True,
             )
@@ -114,7 +118,8 @@ def ours(model, tokenizer, embeds, grid, second, method, setting):
 
     rows = compress_video(chosen, embeds, grid, interval)
     features, relative, compressed = mrope.detach(rows)
-    positions = mrope.rewrite(positions, torch.tensor(ids), relative, compressed, 0, (model.config.image_token_id, model.config.video_token_id))
+    media_ids = (model.config.image_token_id, model.config.video_token_id)
+    positions = mrope.rewrite(positions, torch.tensor(ids), relative, compressed, 0, media_ids)
     return ids, at, positions, delta, features
 
 
@@ -177,7 +182,8 @@ def test_rewrite_places_every_kept_token_at_its_own_grid_position(T, h, w, secon
     _, relative, compressed = mrope.detach(rows)
     out = mrope.rewrite(positions, torch.tensor(ids), relative, compressed, 0, (250, 251))
     full = mrope.grid_positions(grid, interval) + 2
-    kept = torch.tensor(sorted(set(range(T * h * w)) - set(torch.nonzero(chosen.compress(embeds.reshape(T, h, w, 8)).source < 0).squeeze(1).tolist())))
+    source = chosen.compress(embeds.reshape(T, h, w, 8)).source
+    kept = torch.nonzero(source >= 0).squeeze(1)
     assert torch.equal(out[:, 2 : 2 + count], full[:, kept])
     assert torch.equal(out[:, 2 + count :], positions[:, 2 + count :])
 
@@ -219,7 +225,8 @@ def vllm_processor(checkpoint, framepress_setting):
 
     vllm.plugins.load_general_plugins()
     overrides = {} if framepress_setting is None else {"framepress": framepress_setting}
-    return MULTIMODAL_REGISTRY.create_processor(ModelConfig(model=str(checkpoint), hf_overrides=overrides, dtype="float32"))
+    config = ModelConfig(model=str(checkpoint), hf_overrides=overrides, dtype="float32")
+    return MULTIMODAL_REGISTRY.create_processor(config)
 
 
 def placeholders(processor, tokenizer, frames, height, width):
@@ -230,7 +237,8 @@ def placeholders(processor, tokenizer, frames, height, width):
     meta = {"fps": 2.0, "frames_indices": list(range(frames)), "total_num_frames": frames, "duration": frames / 2,
             "do_sample_frames": False}
     ids = tokenizer(PROMPT, add_special_tokens=False).input_ids
-    out = processor.apply(ProcessorInputs(ids, processor.info.parse_mm_data({"video": [(video, meta)]})), TimingContext())
+    items = processor.info.parse_mm_data({"video": [(video, meta)]})
+    out = processor.apply(ProcessorInputs(ids, items), TimingContext())
     grid = out["mm_kwargs"]["video"][0]["video_grid_thw"].data.tolist()
     return out["prompt_token_ids"].count(processor.info.get_hf_config().video_token_id), grid
 
@@ -242,8 +250,10 @@ def test_the_processor_lays_out_the_compressed_count(checkpoint, tokenizer, meth
     for frames, height, width in [(8, 56, 84), (4, 112, 56), (12, 56, 56)]:
         count, (T, H, W) = placeholders(processor, tokenizer, frames, height, width)
         x = torch.randn(T, H // 2, W // 2, 16)
-        tokens = framepress.compress(x, method, METHODS[method].get("retention"),
-                                     **{**METHODS[method].get("params", {}), **({"allocation": "exact"} if framepress.registry.get(method).budget == "official" else {})})
+        params = dict(METHODS[method].get("params", {}))
+        if framepress.registry.get(method).budget == "official":
+            params["allocation"] = "exact"  # what the plugin serves
+        tokens = framepress.compress(x, method, METHODS[method].get("retention"), **params)
         assert count == len(tokens), (method, frames, height, width)
 
 

@@ -52,7 +52,9 @@ def _cpu_runner_pruning_flag() -> None:
         original(self, *args, **kwargs)
         config = self.model_config.multimodal_config
         self.is_multimodal_pruning_enabled = bool(
-            supports_multimodal_pruning(self.get_model()) and config is not None and config.is_multimodal_pruning_enabled()
+            supports_multimodal_pruning(self.get_model())
+            and config is not None
+            and config.is_multimodal_pruning_enabled()
         )
 
     load_model.framepress = True

@@ -57,8 +57,7 @@ FAMILY = "LLaVA-OneVision"
 
 def settings_of(config: Any) -> _settings.Settings | None:
     """The checked ``framepress`` entry of a model config, for this family's signals; None without one."""
-    raw = getattr(config, "framepress", None)
-    return None if raw is None else _settings.parse(raw, FAMILY, SIGNALS, HF_SIGNALS)
+    return _settings.from_config(config, FAMILY, SIGNALS, HF_SIGNALS)
 
 
 def pooled_side(info: LlavaOnevisionProcessingInfo, image_width: int, image_height: int) -> int:

@@ -134,7 +134,9 @@ def rewrite(
     first = int(is_media[:num_computed].sum())
     rows = where[first : first + relative.shape[0]]
     if rows.numel() != relative.shape[0]:
-        raise RuntimeError(f"framepress: {relative.shape[0]} media rows for {rows.numel()} placeholders left in the prompt")
+        raise RuntimeError(
+            f"framepress: {relative.shape[0]} media rows for {rows.numel()} placeholders left in the prompt"
+        )
     rows, relative = rows[compressed.to(rows.device)], relative[compressed].to(positions.device)
     start = starts[rows]
     base = torch.where(start > 0, positions[0, (start - 1).clamp_min(0)] + 1, 0)

@@ -54,8 +54,8 @@ FAMILY = "Qwen2.5-VL"
 
 
 def settings_of(config: Any) -> _settings.Settings | None:
-    raw = getattr(config, "framepress", None)
-    return None if raw is None else _settings.parse(raw, FAMILY, SIGNALS, HF_SIGNALS)
+    """The checked ``framepress`` entry of a model config, for this family's signals; None without one."""
+    return _settings.from_config(config, FAMILY, SIGNALS, HF_SIGNALS)
 
 
 def llm_grid(grid_thw: Sequence[int], merge: int) -> tuple[int, int, int]:
@@ -175,7 +175,9 @@ class Qwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
 
     def recompute_mrope_positions(self, input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens):
         if self.framepress is None:
-            return super().recompute_mrope_positions(input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens)
+            return super().recompute_mrope_positions(
+                input_ids, multimodal_embeddings, mrope_positions, num_computed_tokens
+            )
         parts = [mrope.detach(e) for e in multimodal_embeddings]
         positions = mrope_positions
         if parts:

@@ -76,13 +76,13 @@ class Settings:
         return tokens
 
 
-def from_config(config: Any) -> Settings | None:
-    """The settings in a model config's ``framepress`` entry (a dict or a JSON string), checked; None when the
-    config has none (the model then runs uncompressed, as vLLM's own)."""
+def from_config(
+    config: Any, family: str, family_signals: Mapping[str, str], hf_signals: Collection[str]
+) -> Settings | None:
+    """The checked settings in a model config's ``framepress`` entry (a dict or a JSON string) for a family (see
+    :func:`parse`); None when the config has none (the model then runs uncompressed, as vLLM's own)."""
     raw = getattr(config, "framepress", None)
-    if raw is None:
-        return None
-    return parse(raw)
+    return None if raw is None else parse(raw, family, family_signals, hf_signals)
 
 
 def parse(raw: Any, family: str | None = None, family_signals: Mapping[str, str] | None = None,
@@ -99,7 +99,9 @@ def parse(raw: Any, family: str | None = None, family_signals: Mapping[str, str]
         except ValueError as exc:
             raise ValueError(f"framepress: the setting is not valid JSON ({exc})") from None
     if not isinstance(raw, Mapping):
-        raise TypeError(f"framepress: the setting must be a mapping with keys {', '.join(KEYS)}, got {type(raw).__name__}")
+        raise TypeError(
+            f"framepress: the setting must be a mapping with keys {', '.join(KEYS)}, got {type(raw).__name__}"
+        )
     unknown = sorted(set(raw) - set(KEYS))
     if unknown:
         raise ValueError(f"framepress: unknown key(s) {', '.join(unknown)}; the setting accepts: {', '.join(KEYS)}")
@@ -108,7 +110,9 @@ def parse(raw: Any, family: str | None = None, family_signals: Mapping[str, str]
     spec = registry.get(raw["method"])
     params = raw.get("params") or {}
     if not isinstance(params, Mapping):
-        raise TypeError(f"framepress: params must be a mapping of {spec.name}'s parameters, got {type(params).__name__}")
+        raise TypeError(
+            f"framepress: params must be a mapping of {spec.name}'s parameters, got {type(params).__name__}"
+        )
     _refuse_stage(spec)
     retention = checks.retention(raw.get("retention"))
     params = dict(params)
