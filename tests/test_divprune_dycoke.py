@@ -170,7 +170,7 @@ def test_dycoke_exact_allocation_is_exact(T, H, W, seed, retention, kind):
         x = torch.randn(1, H, W, 4, generator=g).expand(T, H, W, 4).clone()
     else:
         x = torch.randint(-1, 2, (T, H, W, 4), generator=g).float()
-    n, budget = H * W, max(1, round(retention * T * H * W))
+    n, budget = H * W, max(1, round(retention * (T * H * W)))
     role, ref = roles(T)
     whole = int((role == WHOLE).sum()) * n
     try:

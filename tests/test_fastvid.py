@@ -253,7 +253,7 @@ def test_exact_allocation_returns_the_budget(shape, seed, retention, fork, min_s
     x = synthetic(t, h, w, c, seed=seed) if kind == "smooth" else torch.randint(-1, 2, (t, h, w, c), generator=g).float()
     scores = torch.rand(t, h, w, generator=g)
     params = dict(scores=scores, fork=fork, min_segments=min_segments, anchor_stride=anchor_stride, context_share=context_share)
-    budget = max(1, round(retention * t * h * w))
+    budget = max(1, round(retention * (t * h * w)))
     exact = framepress.compress(x, "fastvid", retention, allocation="exact", **params)
     exact.check()
     assert len(exact) == budget
@@ -275,7 +275,7 @@ def test_exact_salient_tokens_are_each_frames_top_tokens_kept_as_they_are(shape,
     x = synthetic(t, h, w, c, seed=seed)
     scores = torch.rand(t, h, w, generator=torch.Generator().manual_seed(seed))
     out = framepress.compress(x, "fastvid", retention, scores=scores, fork=fork, allocation="exact", min_segments=2)
-    budget = max(1, round(retention * t * n))
+    budget = max(1, round(retention * (t * n)))
     retain = [budget * (f + 1) // t - budget * f // t for f in range(t)]
     salient_n, anchors_n = allocate(retain, out.info["segments"], n, 0.4, 4, fork, official=False)
     assert sum(salient_n) + sum(anchors_n) == budget

@@ -184,7 +184,7 @@ def test_exact_allocation_is_exactly_the_budget(T, H, W, C, retention, seed, sta
     scores = torch.rand(T, H, W, generator=g)
     out = framepress.compress(x, "holitom", retention=retention, scores=scores, tau=tau, allocation="exact")
     out.check()
-    assert len(out) == max(1, round(retention * T * H * W))
+    assert len(out) == max(1, round(retention * (T * H * W)))
     official = framepress.compress(x, "holitom", retention=retention, scores=scores, tau=tau)
     official.check()
     assert len(official) >= 1

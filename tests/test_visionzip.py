@@ -76,7 +76,7 @@ def test_exactly_the_budget_with_any_metric(T, H, W, C, D, retention, share, see
     out = framepress.compress(x, "visionzip", retention=retention, scores=torch.rand(T, H, W, generator=g),
                               dominant_share=share, metric=metric)
     out.check()
-    assert len(out) == max(1, round(retention * T * H * W))
+    assert len(out) == max(1, round(retention * (T * H * W)))
 
 
 def test_thread_count_does_not_change_the_output(on_threads):
