@@ -10,20 +10,16 @@ vLLM's environment only (``.venv-vllm``): the main suite skips this module.
   tests/vllm_llava_hf_reference.py, when there is one: transformers 5.23 there).
 - ``processor.apply`` and the engine's batching, with the HF video processor replaced by a plain conversion.
 - An engine (``vllm.LLM``, the CPU backend here) through the plugin, against framepress.apply on transformers'
-  model in this environment: prompt length, tokens and log-probabilities (needs torchvision for the HF video
-  processor; skipped without it, when an empty stand-in lets vLLM's modules import).
+  model in this environment: prompt length, tokens and log-probabilities.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import json
 import math
 import os
 import subprocess
 import sys
-import tempfile
 import types
 from pathlib import Path
 
@@ -32,49 +28,7 @@ import pytest
 pytest.importorskip("vllm")
 
 
-def _stub_torchvision() -> None:
-    """vLLM's llava_onevision imports pixtral, whose transformers image processor imports torchvision at module
-    level; torchvision's PyPI wheels do not load against CPU torch, so where it cannot be imported, an empty
-    stand-in lets those imports pass (nothing tested here calls it: calling anything in it raises)."""
-    try:
-        import torchvision  # noqa: F401
-        return
-    except Exception:
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            del sys.modules[name]
-
-    class Missing:
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def __call__(self, *args, **kwargs):
-            raise RuntimeError("torchvision is not installed here (a test stand-in)")
-
-        def __getattr__(self, name):
-            return Missing()
-
-        def __mro_entries__(self, bases):
-            return (object,)
-
-    class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torchvision" or name.startswith("torchvision."):
-                return importlib.machinery.ModuleSpec(name, self, is_package=True)
-            return None
-
-        def create_module(self, spec):
-            module = types.ModuleType(spec.name)
-            module.__path__ = []
-            module.__getattr__ = lambda attr: Missing()
-            return module
-
-        def exec_module(self, module):
-            pass
-
-    sys.meta_path.insert(0, Finder())
-
-
-_stub_torchvision()
+pytest.importorskip("torchvision", exc_type=ImportError)  # vLLM's llava module imports it (README)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -93,6 +47,7 @@ import framepress  # noqa: E402
 from framepress import budget, packaged, registry  # noqa: E402
 from framepress.vllm import llava  # noqa: E402
 from framepress.vllm import settings as fp_settings  # noqa: E402
+from vllm_support import one_rank  # noqa: E402
 
 #: the 14x14 grid of the real checkpoints (384 px frames, 14 px patches: 27x27 patches, pooled to 14x14)
 REAL_SIZE = {"vision_config": {"image_size": 384, "patch_size": 14}}
@@ -229,17 +184,7 @@ def test_without_a_framepress_entry_the_counts_are_vllms(overrides):
 @pytest.fixture(scope="module")
 def engine_context():
     """One process-wide tensor-parallel group of one (what vLLM's worker sets up before building a model)."""
-    from vllm.distributed import init_distributed_environment, initialize_model_parallel
-    from vllm.distributed.parallel_state import model_parallel_is_initialized
-
-    config = VllmConfig(model_config=model_config())
-    with set_current_vllm_config(config):
-        if not model_parallel_is_initialized():
-            init_distributed_environment(
-                world_size=1, rank=0, local_rank=0, backend="gloo",
-                distributed_init_method=f"file://{tempfile.mkdtemp()}/init",
-            )
-            initialize_model_parallel(1, 1)
+    one_rank(model_config())
     return True
 
 

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import tempfile
 
 import numpy as np
 import pytest
@@ -30,7 +29,7 @@ from framepress import budget, patch, registry  # noqa: E402
 from framepress.models.qwen_vl import Qwen2_5_VL as HFAdapter  # noqa: E402
 from framepress.vllm import mrope, qwen  # noqa: E402
 from framepress.vllm import settings as fsettings  # noqa: E402
-from vllm_support import servable_checkpoint  # noqa: E402
+from vllm_support import one_rank, servable_checkpoint  # noqa: E402
 
 PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>what is in the video<|im_end|>\n<|im_start|>assistant\n"
 SIGNAL_METHODS = ["unified", "holitom", "visionzip", "fastvid"]
@@ -138,17 +137,9 @@ def test_vllms_processor_lays_out_the_served_count(checkpoint, method):
 @pytest.fixture(scope="module")
 def engine_context(checkpoint):
     """One process-wide tensor-parallel group of one (what vLLM's worker sets up before building a model)."""
-    from vllm.config import ModelConfig, VllmConfig, set_current_vllm_config
-    from vllm.distributed import init_distributed_environment, initialize_model_parallel
-    from vllm.distributed.parallel_state import model_parallel_is_initialized
+    from vllm.config import ModelConfig
 
-    with set_current_vllm_config(VllmConfig(model_config=ModelConfig(model=str(checkpoint), dtype="float32"))):
-        if not model_parallel_is_initialized():
-            init_distributed_environment(
-                world_size=1, rank=0, local_rank=0, backend="gloo",
-                distributed_init_method=f"file://{tempfile.mkdtemp()}/init",
-            )
-            initialize_model_parallel(1, 1)
+    one_rank(ModelConfig(model=str(checkpoint), dtype="float32"))
     return True
 
 

@@ -33,3 +33,21 @@ def servable_checkpoint(path: Path, family: str, layers: int = 2, seed: int = 0)
     model.generation_config = tf.GenerationConfig.from_pretrained(path)
     model.save_pretrained(path)
     return path
+
+
+def one_rank(model_config) -> None:
+    """One process-wide tensor-parallel group of one under ``model_config`` (what vLLM's worker sets up before
+    it builds a model), for tests that build vLLM's model classes directly; once a process."""
+    import tempfile
+
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+    from vllm.distributed.parallel_state import model_parallel_is_initialized
+
+    with set_current_vllm_config(VllmConfig(model_config=model_config)):
+        if not model_parallel_is_initialized():
+            init_distributed_environment(
+                world_size=1, rank=0, local_rank=0, backend="gloo",
+                distributed_init_method=f"file://{tempfile.mkdtemp()}/init",
+            )
+            initialize_model_parallel(1, 1)
