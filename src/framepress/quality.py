@@ -471,18 +471,8 @@ def markdown(rows: list[dict], meta: dict, picture: str) -> str:
         "",
         f"![accuracy vs retention]({picture})",
         "",
-        "| method | retention | kept | LLM MFLOPs | " + " | ".join(kinds) + " | overall | % of full |",
-        "|---|---|---|---|" + "---|" * (len(kinds) + 2),
     ]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['method']} | {r['retention']} | n/a: {r['error']} |" + " |" * (len(kinds) + 3))
-            continue
-        cells = [r["method"], str(r["retention"] if r["retention"] is not None else "100%"), f"{100 * r['kept']:.1f}%",
-                 f"{r['llm_prefill_flops'] / 1e6:.1f}"]
-        cells += [f"{100 * r['accuracy'][k]:.1f}" for k in kinds]
-        cells += [f"{100 * r['overall']:.1f}", f"{100 * r['overall'] / full:.1f}%"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += table_lines(rows, kinds, full, errors=False)
     recipe_file = (packaged.FOLDER if meta["model"] == PACKAGED else Path(meta["model"])) / "training.json"
     if recipe_file.is_file():
         recipe = json.loads(recipe_file.read_text())
@@ -507,6 +497,29 @@ def markdown(rows: list[dict], meta: dict, picture: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def table_lines(rows: list[dict], kinds: list[str], full: float, errors: bool) -> list[str]:
+    """The results table: a row per setting (accuracy per kind, overall, % of full); ``errors`` adds each cell's
+    standard error; a setting the method cannot produce is a row saying why."""
+
+    def cell(value: float, err: float | None) -> str:
+        return f"{100 * value:.1f}" + (f" ± {100 * err:.1f}" if errors else "")
+
+    lines = [
+        "| method | retention | kept | LLM MFLOPs | " + " | ".join(kinds) + " | overall | % of full |",
+        "|---|---|---|---|" + "---|" * (len(kinds) + 2),
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['retention']} | n/a: {r['error']} |" + " |" * (len(kinds) + 3))
+            continue
+        cells = [r["method"], str(r["retention"] if r["retention"] is not None else "100%"), f"{100 * r['kept']:.1f}%",
+                 f"{r['llm_prefill_flops'] / 1e6:.1f}"]
+        cells += [cell(r["accuracy"][k], r.get("stderr", {}).get(k)) for k in kinds]
+        cells += [cell(r["overall"], r.get("overall_stderr")), f"{100 * r['overall'] / full:.1f}%" if full else "n/a"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_real(rows: list[dict], meta: dict, picture: str) -> str:
     """The real-regime table: accuracy and its standard error per kind, kept share, LLM FLOPs."""
     kinds = list(next(r for r in rows if "accuracy" in r)["accuracy"])
@@ -525,19 +538,8 @@ def markdown_real(rows: list[dict], meta: dict, picture: str) -> str:
         "",
         f"![accuracy vs retention]({picture})",
         "",
-        "| method | retention | kept | LLM MFLOPs | " + " | ".join(kinds) + " | overall | % of full |",
-        "|---|---|---|---|" + "---|" * (len(kinds) + 2),
     ]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['method']} | {r['retention']} | n/a: {r['error']} |" + " |" * (len(kinds) + 3))
-            continue
-        cells = [r["method"], str(r["retention"] if r["retention"] is not None else "100%"), f"{100 * r['kept']:.1f}%",
-                 f"{r['llm_prefill_flops'] / 1e6:.1f}"]
-        cells += [f"{100 * r['accuracy'][k]:.1f} ± {100 * r['stderr'][k]:.1f}" for k in kinds]
-        cells += [f"{100 * r['overall']:.1f} ± {100 * r['overall_stderr']:.1f}",
-                  f"{100 * r['overall'] / full:.1f}%" if full else "n/a"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += table_lines(rows, kinds, full, errors=True)
     recipe_file = (REAL_FOLDER if meta["model"] == "real" else Path(meta["model"])) / "training.json"
     recipe = json.loads(recipe_file.read_text()) if recipe_file.is_file() else {}
     if recipe.get("history"):
