@@ -2,8 +2,8 @@
 
 One vLLM engine per setting (uncompressed, then each framepress setting) serves the same batch of requests, each a
 video of ``--grid`` T x h x w merged tokens given as video embeddings (so the vision tower is out of the timing and
-every engine sees the same features) plus a short question, and generates ``--tokens`` tokens greedily. Each
-setting is timed ``--repeats`` times after a warm-up batch; the table gives the median wall time of the batch,
+every engine sees the same features) plus a short question, and generates ``--tokens`` tokens greedily; prefix
+caching is off, so a repeated batch is served from scratch. Each setting is timed ``--repeats`` times after a warm-up batch; the table gives the median wall time of the batch,
 requests and prompt tokens per second, and the speed-up over uncompressed, into docs/benchmarks.md (``--doc``).
 
 The model is a tiny random Qwen2.5-VL saved from config (text width 128, 2 layers: tests/vllm_support.py), or a
@@ -48,15 +48,16 @@ SETTINGS = (
 def label(setting) -> str:
     if setting is None:
         return "uncompressed"
-    params = ", ".join(f"{k}={v}" for k, v in setting.get("params", {}).items())
-    return f"{setting['method']} {setting.get('retention', '')}{' ' + params if params else ''}".strip()
+    parts = [setting["method"], str(setting.get("retention", ""))]
+    parts += [f"{k}={v}" for k, v in setting.get("params", {}).items()]
+    return " ".join(p for p in parts if p)
 
 
 def serve(model: str, setting, requests: list[dict], tokens: int, repeats: int, dtype: str, memory: float) -> dict:
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model, dtype=dtype, enforce_eager=True, max_num_seqs=len(requests),
-              gpu_memory_utilization=memory, enable_mm_embeds=True, limit_mm_per_prompt={"video": 1, "image": 0},
+              gpu_memory_utilization=memory, enable_mm_embeds=True, enable_prefix_caching=False, limit_mm_per_prompt={"video": 1, "image": 0},
               hf_overrides={} if setting is None else {"framepress": setting})
     sampling = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
     llm.generate(requests, sampling, use_tqdm=False)  # warm-up
@@ -76,7 +77,7 @@ def table(rows: list[dict], args, device: str) -> str:
     base = rows[0]["seconds"]
     lines = [
         f"Measured {datetime.date.today().isoformat()} on {device}, vLLM {args.vllm_version}: "
-        f"`python benchmarks/bench_vllm.py{' --doc' if args.doc else ''}` ({args.requests} requests a batch, each a "
+        f"`python benchmarks/bench_vllm.py {' '.join(sys.argv[1:])}` ({args.requests} requests a batch, each a "
         f"{args.grid} video ({args.video_tokens:,} merged tokens, given as embeddings) and a question; "
         f"{args.tokens} generated tokens each; median of {args.repeats} batches after a warm-up; "
         f"model: {args.model_name}).",
