@@ -298,9 +298,8 @@ def test_the_entry_point_registers_framepress_classes():
     assert point.value == "framepress.vllm:register"
     vllm.plugins.load_general_plugins()
     for arch, target in framepress.vllm.ARCHITECTURES.items():
-        cls = ModelRegistry._try_load_model_cls(arch) if hasattr(ModelRegistry, "_try_load_model_cls") else None
-        if cls is not None:
-            assert f"{cls.__module__}:{cls.__name__}" == target
+        cls = ModelRegistry._try_load_model_cls(arch)  # what vLLM builds for a checkpoint of this architecture
+        assert cls is not None and f"{cls.__module__}:{cls.__name__}" == target
 
 
 # --- a vLLM engine end to end --------------------------------------------------------------------------------
