@@ -312,5 +312,5 @@ def test_the_packaged_model_scores_well_above_chance_through_lmms_eval(work):
     ran(lmms_eval({**work, "model": "packaged"}, out, "method=sttm,retention=0.5,frames=16", tasks="framepress_synth"), out)
     results, samples = results_of(out)
     assert "pretrained=packaged," in results["config"]["model_args"]
-    # 12 questions, 2 per kind, chance 25%; the motion kind is not learned (docs/quality.md)
+    # 12 questions, 2 per kind, chance 25%; the motion kind is not learned (docs/quality-tiny.md)
     assert results["results"]["framepress_synth"]["accuracy,none"] >= 0.6

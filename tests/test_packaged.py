@@ -19,7 +19,7 @@ def bench():
 
 def test_the_packaged_model_loads_offline_and_answers_far_above_chance(bench):
     full = bench.score(quality.Setting(None, None))
-    # chance is 25% on every kind; the shipped weights answer most held-out questions (docs/quality.md)
+    # chance is 25% on every kind; the shipped weights answer most held-out questions (docs/quality-tiny.md)
     assert full["overall"] >= 0.6
     assert min(full["accuracy"].values()) >= 0.45 and set(full["accuracy"]) == set(quality.KINDS)
     assert full["accuracy"]["needle"] >= 0.75 and full["accuracy"]["static"] >= 0.9

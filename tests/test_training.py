@@ -80,3 +80,24 @@ def test_the_schedule_keeps_the_tiny_frame_counts():
     assert {training.schedule(rng)[3] for _ in range(200)} == {8, 12, 16}
     rng = np.random.default_rng(0)
     assert {training.schedule(rng, training.REGIMES["real"].frame_choices)[3] for _ in range(200)} == {24, 28, 32}
+
+
+def test_the_real_regime_trains_only_the_lm_and_reuses_each_batch(tmp_path):
+    """The encoder (tower, projector, newline) leaves the run as it was initialised; the LM moves; every step is
+    ``reuse`` updates (the schedule counts updates)."""
+    import transformers
+
+    out = small_run(tmp_path / "run")
+    trained = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(out).state_dict()
+    torch.manual_seed(0)  # what train() seeds before building the model
+    fresh = transformers.LlavaOnevisionForConditionalGeneration(training.config("real")).state_dict()
+    encoder = [k for k in fresh if "vision_tower" in k or "multi_modal_projector" in k or "image_newline" in k]
+    assert encoder and all(torch.equal(trained[k], fresh[k]) for k in encoder)
+    lm = [k for k in fresh if "language_model" in k]
+    assert any(not torch.equal(trained[k], fresh[k]) for k in lm)
+    recipe = json.loads((out / "training.json").read_text())
+    regime = training.regime_of("real")
+    assert recipe["frozen_encoder"] and recipe["reuse"] == regime.reuse == 3
+    assert recipe["trainable_parameters"] < sum(v.numel() for v in fresh.values())
+    state = torch.load(training.resume_folder(tmp_path / "run") / "state.pt", weights_only=False)
+    assert state["schedule"]["last_epoch"] == 2 * regime.reuse

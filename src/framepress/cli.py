@@ -585,6 +585,20 @@ def _csv(text: str) -> list[str]:
     return items
 
 
+def _csv_or_none(text: str) -> list[str]:
+    return [] if text.strip() == "none" else _csv(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .evaluation.report import parse_metric_options, write_report
 
@@ -625,14 +639,18 @@ def cmd_bench_quality(args: argparse.Namespace) -> int:
 
     command = "framepress bench-quality " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench-quality"] else \
         "framepress bench-quality"
-    methods, retentions = args.methods or quality.METHODS, args.retentions or quality.RETENTIONS
+    methods = args.methods or quality.METHODS
     if args.regime == "real":  # a missing model is an error naming how to build it (quality.real_path)
-        args.out = args.out or "docs/quality-real.md"
-        rows = quality.run_real(Path(args.out), per_kind=args.per_kind, methods=methods, retentions=retentions,
-                                model_path=args.model, kinds=args.kinds or quality.REAL_KINDS,
-                                chunk=args.batch or quality.REAL_CHUNK, progress=not args.quiet, command=command.strip())
-    else:
         args.out = args.out or "docs/quality.md"
+        calibration = quality.CALIBRATION if args.calibration is None else args.calibration
+        rows = quality.run_real(Path(args.out), per_kind=args.per_kind, methods=methods,
+                                retentions=args.retentions or quality.REAL_RETENTIONS, model_path=args.model,
+                                kinds=args.kinds or quality.REAL_KINDS, chunk=args.batch or quality.REAL_CHUNK,
+                                progress=not args.quiet, command=command.strip(), calibration=calibration,
+                                minutes=args.minutes)
+    else:
+        retentions = args.retentions or quality.RETENTIONS
+        args.out = args.out or "docs/quality-tiny.md"
         rows = quality.run(Path(args.out), per_kind=args.per_kind, methods=methods, retentions=retentions,
                            model_path=args.model, batch=args.batch or 50, progress=not args.quiet, command=command.strip(),
                            kinds=args.kinds or quality.KINDS)
@@ -711,16 +729,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regime", choices=("tiny", "real"), default="tiny", help="tiny: the packaged model, 16 frames "
                    "of 6x6 tokens; real: the real-regime model (32 frames of 14x14 tokens, python -m framepress.training "
                    "--regime real), resumable from OUT.journal.jsonl")
-    p.add_argument("--out", help="markdown file to write (default docs/quality.md; docs/quality-real.md for --regime real)")
+    p.add_argument("--out", help="markdown file to write (default docs/quality-tiny.md; docs/quality.md for --regime real)")
     p.add_argument("--per-kind", type=_positive, default=300, help="held-out items per question kind (default 300)")
     p.add_argument("--methods", type=_csv, help="comma-separated methods (default: all grid and in-LLM methods)")
-    p.add_argument("--retentions", type=_retentions, help="comma-separated retentions (default 0.5,0.3,0.1,0.05,0.02,0.01)")
+    p.add_argument("--retentions", type=_retentions, help="comma-separated retentions (default 0.5,0.3,0.1,0.05,0.02,0.01; "
+                   "for --regime real 0.02,0.01, with the --calibration methods at all six)")
     p.add_argument("--kinds", type=_csv, help="comma-separated question kinds (default: the regime's, "
                    "framepress.quality.KINDS or REAL_KINDS)")
     p.add_argument("--model", help="another checkpoint folder trained by python -m framepress.training (for --regime "
                    "real, default src/framepress/models/synthetic-real)")
     p.add_argument("--batch", type=_positive, help="clips per forward pass (default 50; for --regime real 10, each "
                    "chunk encoded once and journaled)")
+    p.add_argument("--calibration", type=_csv_or_none, help="--regime real: methods also run at every retention, "
+                   "the instrument's calibration (default random,pool,frames; none for no others)")
+    p.add_argument("--minutes", type=_positive_float, help="--regime real: start no chunk after this long and write "
+                   "the table from the chunks done (rerun the same command to continue)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_bench_quality)
 

@@ -124,7 +124,7 @@ def run_demo(out: Path, frames: int = 16, json_output: bool = False, index: int 
         right = sum(r["correct"] for r in answered)
         if answered:
             say(f"{right} of {len(answered)} runs answered {item.answer!r}. One clip says little: `framepress "
-                "bench-quality` ranks the methods on 300 held-out clips per question kind (docs/quality.md).")
+                "bench-quality` ranks the methods on 300 held-out clips per question kind (docs/quality-tiny.md).")
         if any(r.get("picture") for r in rows):
             say(f"pictures of what each method kept at {pictures}: {out}/show_<method>.png")
     return 130 if interrupted else 0

@@ -19,7 +19,7 @@ NAME = "packaged"
 NOTE = ("framepress's packaged synthetic-domain model (LLaVA-OneVision architecture at toy size, trained on "
         "framepress.synth clips of moving shapes): it answers questions about such clips, nothing else")
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
-REBUILD = "python -m framepress.training --out src/framepress/models/synthetic --steps 1000 --threads 2 (docs/quality.md)"
+REBUILD = "python -m framepress.training --out src/framepress/models/synthetic --steps 1000 --threads 2 (docs/quality-tiny.md)"
 
 
 def _check_safetensors(file: Path) -> None:

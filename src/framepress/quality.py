@@ -16,18 +16,23 @@ once (the pooled features, the vision signals and the unpooled grid the methods 
 that encoding (:class:`Replay`); each finished chunk is appended to a journal beside the table, so an interrupted
 run resumes where it stopped. Each cell has its standard error (binomial, sqrt(p(1-p)/n)).
 
+By default it scores every method at 2% and 1% (and their two-stage forms), where the papers separate them, and
+the instrument's calibration (full tokens, random dropping, pooling, uniform frame dropping) at every retention;
+``--retentions`` and ``--calibration`` widen it. The chunks take the kinds in turns, ``--minutes`` stops starting
+new ones after a time budget (the table then covers the chunks done), and a rerun with a larger ``--per-kind``
+extends the journal instead of starting over. Every setting answers the same items, so the page compares methods
+by paired differences (:func:`paired`), whose errors are far below the cells' own.
+
 Its cost, measured on a randomly initialised model of the real regime's shape (the methods' work does not depend on
-the weights) with every method at every retention (111 settings), on this project's 2-core machine shared with
-other work (load average about 4): 440 s a chunk of 10 clips, of which the one encoding is 9 s (replaying it saves
-the other 110 encodings, 17 minutes a chunk); the rest is the methods' own work on 6,272-token grids (unified 40%,
-STTM 14%, HoliTom 13%, DivPrune 10%, FastV 6%, the full-token prefill 1.4%). 300 clips per kind (2,100 clips) is
-then about 26 hours: spread it over sessions (the journal), or narrow ``--methods``, ``--retentions`` and
-``--kinds``.
+the weights), one thread of this project's 2-core machine shared with a training run: a clip's encoding is 1.5 s,
+the full-token prefill 1.8 s (6,273 tokens through 4 layers), and every method at 2% about 7.7 s together (unified
+and its two-stage form 3.3 s, FastV 1.0 s, PruneVid 0.8 s, DivPrune 0.4 s, the rest 0.1-0.4 s each).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -53,11 +58,16 @@ KINDS = ("needle", "count", "color", "order", "static")
 
 #: where the real-regime model ships (built by :data:`REAL_BUILD`; not in the package until it is trained)
 REAL_FOLDER = Path(__file__).parent / "models" / "synthetic-real"
-REAL_BUILD = ("python -m framepress.training --regime real --out runs/synthetic-real --steps 4000 --batch 8 --threads 2 "
-              "(resumable from runs/synthetic-real.resume/: add --resume, and --until STEP to stop early), then copy "
-              "runs/synthetic-real to src/framepress/models/synthetic-real or pass --model runs/synthetic-real")
+REAL_BUILD = ("python -m framepress.training --regime real --out runs/synthetic-real --steps 1600 --batch 8 --lr 3e-3 "
+              "--threads 2 --save-every 25 (resumable from runs/synthetic-real.resume/: add --resume, and --until STEP "
+              "to stop early), then copy runs/synthetic-real to src/framepress/models/synthetic-real or pass --model "
+              "runs/synthetic-real")
 REAL_KINDS = tuple(synth.REAL_KINDS)
 REAL_CHUNK = 10  # clips encoded at once and journaled together
+#: the real bench's default grid, sized for an hour of 2 cores: every method where the papers separate them (2% and
+#: 1%), and the instrument's calibration (full, random, pooling, frame dropping) at every retention
+REAL_RETENTIONS = (0.02, 0.01)
+CALIBRATION = ("random", "pool", "frames")
 
 
 @dataclass
@@ -82,13 +92,14 @@ class Setting:
         return name + (" (original positions)" if self.params.get("positions") == "original" else "")
 
 
-def settings(methods=METHODS, retentions=RETENTIONS, inner_layer: int = INNER_LAYER) -> list[Setting]:
+def settings(methods=METHODS, retentions=RETENTIONS, inner_layer: int = INNER_LAYER, every=()) -> list[Setting]:
     """Full tokens, then every method at every retention (and its two-stage form where it has one); in-LLM stages
-    at ``inner_layer`` (or their own default layer, if earlier)."""
+    at ``inner_layer`` (or their own default layer, if earlier). Methods in ``every`` (the instrument's
+    calibration) run at every one of :data:`RETENTIONS` too."""
     out = [Setting(None, None)]
     for name in methods:
         spec = registry.get(name)
-        for r in retentions:
+        for r in sorted(set(retentions) | set(RETENTIONS if name in every else ()), reverse=True):
             a = f"{100 * r:g}%"
             if spec.inner:
                 out.append(Setting(name, a))
@@ -98,7 +109,8 @@ def settings(methods=METHODS, retentions=RETENTIONS, inner_layer: int = INNER_LA
             else:
                 out.append(Setting(name, r))
     if "random" in methods:  # the position control: the same random drop with the kept tokens' original positions
-        out += [Setting("random", r, {"positions": "original"}) for r in retentions if r in (0.5, 0.1)]
+        drawn = set(retentions) | set(RETENTIONS if "random" in every else ())
+        out += [Setting("random", r, {"positions": "original"}) for r in (0.5, 0.1) if r in drawn]
     return out
 
 
@@ -274,13 +286,13 @@ class Replay:
 POOLED, UNPOOLED = "pooled", "unpooled"
 
 
-def _journal_meta(model: str, per_kind: int, kinds, keys: list[str], seed: int, chunk: int) -> dict:
-    return {"regime": "real", "model": model, "per_kind": per_kind, "kinds": list(kinds), "seed": seed,
-            "settings": keys, "chunk": chunk}
+def _journal_meta(model: str, kinds, keys: list[str], seed: int, chunk: int) -> dict:
+    """What a journal's chunks depend on; not the items per kind, so a rerun with more of them extends the run."""
+    return {"regime": "real", "model": model, "kinds": list(kinds), "seed": seed, "settings": keys, "chunk": chunk}
 
 
-def _read_journal(path: Path, meta: dict) -> dict[tuple[str, int], dict]:
-    """The chunks a previous run of the same bench finished (kind, start) -> its results; a journal of another
+def _read_journal(path: Path, meta: dict) -> dict[tuple[str, int, int], dict]:
+    """The chunks a previous run of the same bench finished (kind, start, count) -> its results; a journal of another
     bench is an error naming what differs (a damaged last line, from a killed run, is dropped)."""
     if not path.is_file():
         return {}
@@ -299,7 +311,7 @@ def _read_journal(path: Path, meta: dict) -> dict[tuple[str, int], dict]:
             entry = json.loads(line)
         except ValueError:
             continue
-        done[(entry["kind"], entry["start"])] = entry
+        done[(entry["kind"], entry["start"], entry["count"])] = entry
     return done
 
 
@@ -315,9 +327,10 @@ class RealBench:
         self.layers = self.pipeline.model.config.text_config.num_hidden_layers
 
     def chunks(self) -> list[tuple[str, int, int]]:
-        """(kind, start, count) of every chunk, kind by kind (the held-out items, :func:`framepress.synth.test_set`)."""
+        """(kind, start, count) of every chunk of the held-out items (:func:`framepress.synth.test_set`), the kinds
+        taking turns, so that a run stopped early has each kind's first items."""
         n = self.size
-        return [(k, s, min(n, self.per_kind - s)) for k in self.kinds for s in range(0, self.per_kind, n)]
+        return [(k, s, min(n, self.per_kind - s)) for s in range(0, self.per_kind, n) for k in self.kinds]
 
     @torch.no_grad()
     def chunk(self, kind: str, start: int, count: int, chosen: list[Setting], tick=lambda: None) -> dict:
@@ -380,6 +393,7 @@ def aggregate(chosen: list[Setting], entries: list[dict], kinds) -> list[dict]:
             p = statistics.fmean(hits)
             row["accuracy"][kind], row["items"][kind] = p, len(hits)
             row["stderr"][kind] = (p * (1 - p) / len(hits)) ** 0.5
+            row.setdefault("hits", {})[kind] = "".join(str(h) for h in hits)  # item by item, for paired comparisons
         row["overall"] = statistics.fmean(row["accuracy"].values())
         row["overall_stderr"] = sum(se**2 for se in row["stderr"].values()) ** 0.5 / len(kinds)
         row["kept"] = statistics.fmean(k for c in cells for k in c["kept"])
@@ -389,39 +403,51 @@ def aggregate(chosen: list[Setting], entries: list[dict], kinds) -> list[dict]:
     return rows
 
 
-def run_real(out_md: Path, per_kind: int = 300, methods=METHODS, retentions=RETENTIONS, model_path=None,
+def run_real(out_md: Path, per_kind: int = 300, methods=METHODS, retentions=REAL_RETENTIONS, model_path=None,
              kinds=REAL_KINDS, chunk: int = REAL_CHUNK, progress: bool = True,
-             command: str = "framepress bench-quality --regime real") -> list[dict]:
-    """Score every setting on the real-regime model, chunk by chunk (resumable: ``<out>.journal.jsonl``), and
-    write the table (``out_md``), the raw numbers (``.json``) and the plot (``.png``)."""
+             command: str = "framepress bench-quality --regime real", calibration=CALIBRATION,
+             minutes: float | None = None) -> list[dict]:
+    """Score every setting on the real-regime model, chunk by chunk (resumable: ``<out>.journal.jsonl``, and a rerun
+    with a larger ``per_kind`` extends it), and write the table (``out_md``), the raw numbers (``.json``) and the
+    plot (``.png``). ``calibration``: methods also run at every one of :data:`RETENTIONS`. ``minutes``: start no
+    chunk after that long, and write the table from the chunks done (every kind needs one)."""
     from tqdm import tqdm
 
     folder = real_path(model_path)
-    for name in methods:
+    for name in [*methods, *calibration]:
         registry.get(name)
     _check_kinds(kinds, synth.REAL_KINDS)
     bench = RealBench(folder, per_kind, kinds, chunk=chunk)
-    chosen = settings(methods, retentions, inner_layer=max(1, bench.layers // 2))
+    chosen = settings(methods, retentions, inner_layer=max(1, bench.layers // 2),
+                      every=[m for m in calibration if m in methods])
     out_md = Path(out_md)
     journal = out_md.with_suffix(".journal.jsonl")
     shown = "real" if model_path is None else str(model_path)
-    meta = _journal_meta(shown, per_kind, kinds, [s.key for s in chosen], 0, chunk)
+    meta = _journal_meta(shown, kinds, [s.key for s in chosen], 0, chunk)
     done = _read_journal(journal, meta)
     # rewritten whole (atomically) before appending, so a line a killed run left half-written is gone
     write_text(journal, "".join(json.dumps(entry) + "\n" for entry in [meta, *done.values()]))
-    todo = [c for c in bench.chunks() if (c[0], c[1]) not in done]
+    todo = [c for c in bench.chunks() if c not in done]
     started = time.time()
     total = sum(c[2] for c in bench.chunks()) * len(chosen)
     with journal.open("a") as log, tqdm(total=total, initial=total - sum(c[2] for c in todo) * len(chosen),
                                         desc="bench-quality real", unit="clip-setting", disable=not progress) as bar:
         for kind, start, count in todo:
+            if minutes is not None and time.time() - started > 60 * minutes:
+                break
             entry = bench.chunk(kind, start, count, chosen, tick=lambda n=count: bar.update(n))
             log.write(json.dumps(entry) + "\n")
             log.flush()
-            done[(kind, start)] = entry
-    entries = [done[(k, s)] for k, s, _ in bench.chunks()]
+            done[(kind, start, count)] = entry
+    entries = [done[c] for c in bench.chunks() if c in done]
+    missing = [k for k in kinds if not any(e["kind"] == k for e in entries)]
+    if missing:
+        raise RuntimeError(f"no items of {', '.join(missing)} scored after {minutes} minutes: rerun with the same "
+                           f"arguments to continue ({journal}), or give more --minutes")
     rows = aggregate(chosen, entries, kinds)
-    meta = {"regime": "real", "per_kind": per_kind, "command": command, "date": date.today().isoformat(),
+    counts = [len(e["rows"][chosen[0].key]["hits"]) for e in entries]
+    meta = {"regime": "real", "per_kind": per_kind, "items": sum(counts), "complete": len(entries) == len(bench.chunks()),
+            "command": command, "date": date.today().isoformat(),
             "machine": f"{_cpu_name()}, {torch.get_num_threads()} threads", "model": shown,
             "minutes_this_run": round((time.time() - started) / 60, 1),
             "encode_s": round(sum(e["encode_s"] for e in entries), 1),
@@ -497,9 +523,10 @@ def markdown(rows: list[dict], meta: dict, picture: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table_lines(rows: list[dict], kinds: list[str], full: float, errors: bool) -> list[str]:
+def table_lines(rows: list[dict], kinds: list[str], full: float, errors: bool, full_row: dict | None = None) -> list[str]:
     """The results table: a row per setting (accuracy per kind, overall, % of full); ``errors`` adds each cell's
-    standard error; a setting the method cannot produce is a row saying why."""
+    standard error (and, given the ``full_row`` with item-by-item hits, % of full's 95% interval); a setting the
+    method cannot produce is a row saying why."""
 
     def cell(value: float, err: float | None) -> str:
         return f"{100 * value:.1f}" + (f" ± {100 * err:.1f}" if errors else "")
@@ -515,49 +542,147 @@ def table_lines(rows: list[dict], kinds: list[str], full: float, errors: bool) -
         cells = [r["method"], str(r["retention"] if r["retention"] is not None else "100%"), f"{100 * r['kept']:.1f}%",
                  f"{r['llm_prefill_flops'] / 1e6:.1f}"]
         cells += [cell(r["accuracy"][k], r.get("stderr", {}).get(k)) for k in kinds]
-        cells += [cell(r["overall"], r.get("overall_stderr")), f"{100 * r['overall'] / full:.1f}%" if full else "n/a"]
+        if full_row is not None and "hits" in r:
+            relative = _share(r, full_row) + ("%" if full else "")
+        else:
+            relative = f"{100 * r['overall'] / full:.1f}%" if full else "n/a"
+        cells += [cell(r["overall"], r.get("overall_stderr")), relative]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
+#: the unified paper's LLaVA-OneVision-7B results at 2% retention, % of full (Table 1 of the paper)
+PAPER_AT_2 = {"unified": 90.1, "holitom": 87.7, "fastvid": 83.3, "visionzip": 75.3}
+Z95 = 1.96
+
+
+def paired(a: dict, b: dict) -> tuple[float, float]:
+    """Overall accuracy of row ``a`` minus row ``b`` and the half-width of its 95% interval, from the item-by-item
+    hits: both rows answered the same held-out items, so the difference's error is the paired one (far below the
+    two rows' own errors added, when the methods agree on most items)."""
+    difference, variance = 0.0, 0.0
+    kinds = list(a["hits"])
+    for kind in kinds:
+        d = [int(x) - int(y) for x, y in zip(a["hits"][kind], b["hits"][kind])]
+        mean = statistics.fmean(d)
+        difference += mean
+        variance += statistics.pvariance(d, mean) / len(d)
+    return difference / len(kinds), Z95 * variance**0.5 / len(kinds)
+
+
+def of_full(row: dict, full: dict) -> tuple[float, float]:
+    """``row``'s overall accuracy as a share of full tokens' (%) and the half-width of its 95% interval (the
+    paired error of the difference, scaled: the ratio's error when full's own error is small); NaN when full
+    tokens answer nothing right."""
+    if not full["overall"]:
+        return math.nan, math.nan
+    difference, half = paired(row, full)
+    return 100 * row["overall"] / full["overall"], 100 * half / full["overall"]
+
+
+def _share(row: dict, full: dict) -> str:
+    share, half = of_full(row, full)
+    return "n/a" if math.isnan(share) else f"{share:.1f} ± {half:.1f}"
+
+
+def ranking_lines(rows: list[dict], retention: str, full: dict) -> list[str]:
+    """The settings of one retention (``rows``), best first, each with its share of full and the paired difference
+    to the next: which neighbours the bench separates (an interval that excludes 0)."""
+    at = sorted((r for r in rows if "accuracy" in r), key=lambda r: -r["overall"])
+    if not at:
+        return []
+    lines = [f"| rank | method at {retention} | % of full (95% CI) | minus the next (points, 95% CI) | separated |",
+             "|---|---|---|---|---|"]
+    for i, row in enumerate(at):
+        if i + 1 < len(at):
+            d, h = paired(row, at[i + 1])
+            step, apart = f"{100 * d:+.1f} ± {100 * h:.1f}", "yes" if d - h > 0 else "no"
+        else:
+            step, apart = "", ""
+        lines.append(f"| {i + 1} | {row['method']} | {_share(row, full)} | {step} | {apart} |")
+    return lines
+
+
+def paper_lines(rows: list[dict], full: dict) -> list[str]:
+    """The unified paper's ranking at 2% beside ours, and whether each of its pairwise orders holds here."""
+    ours = {r["method"]: r for r in rows if r["retention"] in ("2%", 0.02) and "accuracy" in r
+            and r["method"] in PAPER_AT_2}
+    if len(ours) < 2:
+        return []
+    lines = ["| method at 2% | paper: % of full (LLaVA-OV-7B) | here: % of full (95% CI) |", "|---|---|---|"]
+    for name, value in PAPER_AT_2.items():
+        if name in ours:
+            lines.append(f"| {name} | {value} | {_share(ours[name], full)} |")
+    lines.append("")
+    names = [n for n in PAPER_AT_2 if n in ours]
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            d, h = paired(ours[a], ours[b])
+            verdict = ("agrees, beyond the error" if d - h > 0 else "reversed, beyond the error" if d + h < 0
+                       else "agrees, within the error" if d > 0 else "reversed, within the error")
+            lines.append(f"- paper: {a} > {b}; here {100 * d:+.1f} ± {100 * h:.1f} points: {verdict}.")
+    return lines
+
+
 def markdown_real(rows: list[dict], meta: dict, picture: str) -> str:
-    """The real-regime table: accuracy and its standard error per kind, kept share, LLM FLOPs."""
+    """The real-regime page: the calibration (full, random, pooling, frame dropping at every retention), every
+    method at each retention with its paired separation from the next, the paper's ranking beside ours, the full
+    table with standard errors, and the training record."""
     kinds = list(next(r for r in rows if "accuracy" in r)["accuracy"])
-    full = rows[0]["overall"]
+    full = rows[0]
+    counts = sorted(set(full["items"].values()))
+    items = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    worst = max(full["stderr"].values())
     lines = [
         "# Accuracy kept by each method on the real-regime synthetic model",
         "",
-        "**A proxy, not a benchmark:** a LLaVA-OneVision architecture at toy size trained on `framepress.synth` "
-        f"real-regime clips (`python -m framepress.training --regime real`). Held-out test sets, {meta['per_kind']} "
-        "balanced items per question kind, 32 frames of 108x108 (27x27 patches pooled to 14x14: 6,272 video tokens, "
-        "LLaVA-OneVision-7B's regime at 32 frames). Chance is 25% on every kind. The answer is the greedy first "
-        "token; each cell is accuracy ± its standard error (points).",
+        "**A proxy, not a benchmark:** a LLaVA-OneVision architecture at toy size trained here on `framepress.synth` "
+        f"real-regime clips (`python -m framepress.training --regime real`). Held-out test sets, {items} balanced "
+        "items per question kind, 32 frames of 108x108 (27x27 patches pooled to 14x14: 6,272 video tokens, "
+        "LLaVA-OneVision-7B's regime at 32 frames, where 2% is 125 tokens and 1% is 63). Chance is 25% on every "
+        "kind. The answer is the greedy first token. Every setting answers the same items, so differences between "
+        "methods carry paired errors (a method and its neighbour mostly fail on the same items), much smaller than "
+        f"each cell's own standard error (at most {100 * worst:.1f} points for full tokens here).",
         "",
-        f"Command: `{meta['command']}`; {meta['date']}; {meta['machine']}; vision encoding {meta['encode_s']:.0f} s "
-        f"(once per clip), prefills {meta['prefill_s']:.0f} s.",
+        f"Command: `{meta['command']}`; {meta['date']}; {meta['machine']}; {meta['minutes_this_run']} minutes this "
+        f"run; vision encoding {meta['encode_s']:.0f} s (once per clip), prefills {meta['prefill_s']:.0f} s"
+        + ("" if meta.get("complete", True) else f"; stopped by its time budget at {meta['items']} items "
+           "(rerun the command to continue)") + ".",
         "",
         f"![accuracy vs retention]({picture})",
         "",
     ]
-    lines += table_lines(rows, kinds, full, errors=True)
+    for label, chosen in (("2%", (0.02, "2%", "2%/1%")), ("1%", (0.01, "1%", "1%/0.5%"))):
+        at = [r for r in rows if r["retention"] in chosen]
+        if not at:
+            continue
+        named = [{**r, "method": f"{r['method']} {r['retention']}"} if "/" in str(r["retention"]) else r for r in at]
+        lines += [f"## Every method at {label}", ""] + ranking_lines(named, label, full) + [""]
+    paper = paper_lines(rows, full)
+    if paper:
+        lines += ["## The unified paper's ranking at 2%, beside ours", ""] + paper + [""]
+    lines += ["## Every setting", "", "Accuracy ± standard error (points) per kind; % of full with its 95% interval.", ""]
+    lines += table_lines(rows, kinds, full["overall"], errors=True, full_row=full)
     recipe_file = (REAL_FOLDER if meta["model"] == "real" else Path(meta["model"])) / "training.json"
     recipe = json.loads(recipe_file.read_text()) if recipe_file.is_file() else {}
-    if recipe.get("history"):
-        trained = list(recipe["history"][0]["accuracy"])
+    if recipe:
+        frozen = (f" The vision tower, projector and newline stay at their random initialisation (a fixed random-"
+                  f"feature encoder; {recipe.get('trainable_parameters', 0):,} trainable LM parameters), and each "
+                  f"drawn batch of clips serves {recipe['reuse']} updates with their own reductions."
+                  if recipe.get("frozen_encoder") else "")
         lines += [
             "",
             "## How the model was trained",
             "",
-            f"`python -m framepress.training --regime real --steps {recipe['steps']} --batch {recipe['batch']}` (seed "
-            f"{recipe['seed']}, AdamW lr {recipe['lr']}, {recipe['warmup']} warm-up steps, cosine decay to 10%): "
-            f"{recipe['seconds'] / 3600:.1f} hours. Held-out accuracy (40 items per kind, full tokens) during training:",
-            "",
-            "| step | hours | " + " | ".join(trained) + " |",
-            "|---|---|" + "---|" * len(trained),
+            f"`python -m framepress.training --regime real --steps {recipe['steps']} --batch {recipe['batch']} --lr "
+            f"{recipe['lr']} --threads 2` (seed {recipe['seed']}, AdamW, {recipe['warmup']} warm-up updates, cosine "
+            f"decay to 10%): {recipe['seconds'] / 60:.0f} minutes on this machine's 2 CPU cores.{frozen} Each update "
+            "keeps all video tokens or drops a random share (1-100%, log-uniform), drops whole frames or averages "
+            "frame pairs, with original or re-assigned positions, at 24-32 frames (`framepress.training`).",
         ]
-        for h in recipe["history"]:
-            lines.append(f"| {h['step']} | {h['seconds'] / 3600:.1f} | "
-                         + " | ".join(f"{100 * h['accuracy'][k]:.0f}" for k in trained) + " |")
+        for h in recipe.get("history", []):
+            lines.append(f"- step {h['step']} ({h['seconds'] / 60:.0f} min), held-out accuracy at full tokens: "
+                         + ", ".join(f"{k} {100 * v:.0f}%" for k, v in h["accuracy"].items()))
     return "\n".join(lines) + "\n"
 
 

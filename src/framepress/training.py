@@ -1,4 +1,4 @@
-"""Train the packaged tiny Video-LLM on :mod:`framepress.synth` questions (the recipe of docs/quality.md).
+"""Train the packaged tiny Video-LLM on :mod:`framepress.synth` questions (the recipe of docs/quality-tiny.md).
 
 ``python -m framepress.training --out DIR`` trains the LLaVA-OneVision architecture at toy size (:func:`config`)
 from random weights, with a fixed seed, and writes a checkpoint folder that loads with ``from_pretrained``.
@@ -12,12 +12,16 @@ original position ids or contiguous re-assigned ones (STTM's default). Frame cou
 108 px, a 27x27 patch grid (patch 4) that the family's own bilinear pooling turns into ceil(27/2) = 14x14 tokens a
 frame, 6,272 video tokens, over :data:`framepress.synth.REAL_KINDS` (24 to 32 frames a batch). The model is small
 so that a step is cheap on CPUs: SigLIP hidden 64 x 2 layers, qwen2 hidden 64 x 4 layers (so every method's
-in-LLM and decode parts find their layers, as on the packaged model), 355,712 parameters. Measured on this
-project's machine (AMD EPYC, ``--threads 2``, batch 8, 12 steps of the schedule's mix, the CPU shared with other
-work so that the run got about 0.7 of a core): 20.7 s a step, 0.39 samples/s. Batches that keep all 6,273 tokens
-cost most (with a 2-layer LM, 24 s a batch against 6 s for dropped-token ones, of which the vision tower's 32 x 729
-patches a clip, forward and backward, are about 5). That is about 1.8 core-seconds a sample: a useful run of 32k samples
-(``--steps 4000 --batch 8``) needs about 16 core-hours, 8 hours on two free cores and 20 or more on a shared pair.
+in-LLM and decode parts find their layers, as on the packaged model), 355,712 parameters. Two choices make it
+affordable on 2 cores (:class:`Regime`): the vision tower, projector and newline keep their random initialisation
+(a fixed random-feature encoder: a backward pass through 32 x 729 patches a clip cost 3.2 of a batch's 5.1 s), so
+only the LM trains, and each drawn batch of clips serves ``reuse`` = 3 updates, each with its own reduction; and
+batches keeping all 6,273 tokens (8.9 s a batch of 8, forward and backward, against 0.7 s at a median kept share)
+are 10% of the mix instead of 25%. Measured on this project's machine (AMD EPYC, ``--threads 2``, batch 8): 6.2 s a
+step, 1.2 clips/s (3.6 clip-updates a second). A first run at ``--lr 1.5e-3`` stayed at chance on
+every kind for 580 steps (65 minutes; the loss on the answer ln 4); a single kind at 10% of the tokens and ``--lr
+3e-3`` leaves chance within 150 updates, so the documented run is ``--steps 1600 --batch 8 --lr 3e-3`` (about 2.8
+hours on two free cores).
 ``--save-every N`` (default 50 for this regime) writes the model, optimizer, schedule and every RNG state to
 ``<out>.resume/``, so that ``--resume`` continues the run exactly where it stopped (the same weights as an
 uninterrupted run), and ``--until S`` stops after step S of the schedule: a run spread over several sessions.
@@ -59,6 +63,12 @@ class Regime:
     vision: dict
     text: dict
     save_every: int  # default steps between resumable checkpoints (0: none)
+    #: probabilities of the batch modes all / tokens / tokens / frames / merge (:func:`schedule`)
+    mix: tuple[float, ...] = (0.25, 0.25, 0.25, 0.1, 0.15)
+    #: the vision tower, projector and newline keep their random initialisation (a fixed random-feature encoder):
+    #: only the LM trains, and a batch's video features are computed once, without a backward pass
+    frozen_encoder: bool = False
+    reuse: int = 1  # optimizer updates on each drawn batch of clips, each with its own reduction (frozen encoder only)
 
     @property
     def side(self) -> int:
@@ -79,7 +89,7 @@ REGIMES = {
         vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
         text=dict(num_hidden_layers=4, hidden_size=64, intermediate_size=192, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=8192),
-        save_every=50,
+        save_every=50, mix=(0.1, 0.3, 0.3, 0.1, 0.2), frozen_encoder=True, reuse=3,
     ),
 }
 
@@ -170,17 +180,23 @@ def reduce_tokens(
     return torch.cat([grid, newline], 1), torch.cat([index, torch.full((B, 1), N - 1)], 1)
 
 
-def sequences(model, prompts: Prompts, items: list[synth.Item], mode: str, keep: float, original: bool,
-              generator: torch.Generator):
-    """inputs_embeds, attention_mask, position_ids and labels of a batch (right-padded; loss on the answer and
-    the end of turn), on the model's device (the random choices are drawn on the CPU, so a run is the same there)."""
-    device = model.device
-    video = torch.stack([pixels(it.frames) for it in items]).to(device)
-    features = model.model.get_video_features(
+def encode(model, items: list[synth.Item]) -> torch.Tensor:
+    """The video features [B, F*P + 1, D] of a batch of clips (the family's pooling and newline included)."""
+    video = torch.stack([pixels(it.frames) for it in items]).to(model.device)
+    return model.model.get_video_features(
         video, vision_feature_layer=-1, vision_feature_select_strategy="full"
     ).pooler_output
+
+
+def sequences(model, prompts: Prompts, items: list[synth.Item], mode: str, keep: float, original: bool,
+              generator: torch.Generator, features: torch.Tensor | None = None):
+    """inputs_embeds, attention_mask, position_ids and labels of a batch (right-padded; loss on the answer and
+    the end of turn), on the model's device (the random choices are drawn on the CPU, so a run is the same there).
+    ``features``: the batch's :func:`encode` output when already computed (default: encoded here)."""
+    device = model.device
+    features = encode(model, items) if features is None else features
     full = features.shape[1]
-    visual, where = reduce_tokens(features, video.shape[1], mode, keep, generator)
+    visual, where = reduce_tokens(features, len(items[0].frames), mode, keep, generator)
     embed = model.get_input_embeddings()
     rows, positions, labels = [], [], []
     for b, item in enumerate(items):
@@ -233,10 +249,11 @@ def draw_batch(rng: np.random.Generator, batch: int, frames: int, kinds, size: i
     return [synth.generate(kinds[k], int(i), split="train", frames=frames, size=size) for k, i in zip(picks, indices)]
 
 
-def schedule(rng: np.random.Generator, frame_choices=REGIMES["tiny"].frame_choices) -> tuple[str, float, bool, int]:
-    """(mode, keep, original positions, frames) of one batch."""
+def schedule(rng: np.random.Generator, frame_choices=REGIMES["tiny"].frame_choices,
+             mix=REGIMES["tiny"].mix) -> tuple[str, float, bool, int]:
+    """(mode, keep, original positions, frames) of one batch; ``mix``: the modes' probabilities (:class:`Regime`)."""
     frames = int(rng.choice(list(frame_choices)))
-    mode = str(rng.choice(["all", "tokens", "tokens", "frames", "merge"], p=[0.25, 0.25, 0.25, 0.1, 0.15]))
+    mode = str(rng.choice(["all", "tokens", "tokens", "frames", "merge"], p=list(mix)))
     keep = 1.0 if mode == "all" else float(math.exp(rng.uniform(math.log(0.01), 0.0)))
     if mode == "merge":
         keep = 1.0 if rng.random() < 0.5 else keep
@@ -302,13 +319,21 @@ def train(out: Path, steps: int, batch: int = 32, lr: float = 1e-3, warmup: int 
     cfg = config(regime)
     cfg._attn_implementation = "sdpa"
     model = tf.LlavaOnevisionForConditionalGeneration(cfg).to(device).train()
+    if r.frozen_encoder:
+        for part in (model.model.vision_tower, model.model.multi_modal_projector):
+            part.requires_grad_(False)
+        model.model.image_newline.requires_grad_(False)
     tokenizer = tiny_tokenizer()
     prompts = Prompts(tokenizer)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
+    updates = steps * r.reuse
     decay = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / updates)))),
     )
     recipe = {"regime": regime, "steps": steps, "batch": batch, "lr": lr, "warmup": warmup, "seed": seed}
+    if r.frozen_encoder:
+        recipe |= {"reuse": r.reuse, "frozen_encoder": True}
     kinds = r.kinds
     history, running, done, spent = [], None, 0, 0.0
     folder = resume_folder(out)
@@ -331,19 +356,24 @@ def train(out: Path, steps: int, batch: int = 32, lr: float = 1e-3, warmup: int 
     last = steps if until is None else until
     start = time.time() - spent
     for step in range(done + 1, last + 1):
-        mode, keep, original, frames = schedule(rng, r.frame_choices)
-        items = draw_batch(rng, batch, frames, kinds, r.size)
-        embeds, mask, pos, labels = sequences(model, prompts, items, mode, keep, original, generator)
-        loss, hits = loss_and_hits(model, embeds, lm_mask(mask, regime), pos, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        decay.step()
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0 or step == last:
+        draws = [schedule(rng, r.frame_choices, r.mix) for _ in range(r.reuse)]
+        items = draw_batch(rng, batch, draws[0][3], kinds, r.size)
+        if r.frozen_encoder:
+            with torch.no_grad():
+                features = encode(model, items)
+        for mode, keep, original, _ in draws:
+            embeds, mask, pos, labels = sequences(model, prompts, items, mode, keep, original, generator,
+                                                  features if r.frozen_encoder else None)
+            loss, hits = loss_and_hits(model, embeds, lm_mask(mask, regime), pos, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            decay.step()
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 10 == 0 or step == last:
             log(f"step {step}/{steps} loss {running:.3f} acc {hits.float().mean():.2f} "
-                f"{(step - done) * batch / (time.time() - start - spent):.1f} samples/s "
+                f"{(step - done) * batch / (time.time() - start - spent):.2f} clips/s "
                 f"{time.time() - start:.0f}s")
         if eval_every and (step % eval_every == 0 or step == steps):
             accuracy = evaluate(model, prompts, 40, regime=regime)
@@ -358,6 +388,9 @@ def train(out: Path, steps: int, batch: int = 32, lr: float = 1e-3, warmup: int 
         log(f"stopped after step {last}/{steps}; continue with --resume")
         return folder
     extra = {} if regime == "tiny" else {"regime": regime}  # the packaged model's recipe file stays as it was
+    if r.frozen_encoder:
+        extra |= {"frozen_encoder": True, "reuse": r.reuse, "trainable_parameters": sum(
+            p.numel() for p in model.parameters() if p.requires_grad)}
     save(model, tokenizer, out, {**extra, "steps": steps, "batch": batch, "lr": lr, "warmup": warmup, "seed": seed,
                                  "seconds": round(time.time() - start), "history": history})
     return out
