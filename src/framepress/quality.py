@@ -58,7 +58,7 @@ KINDS = ("needle", "count", "color", "order", "static")
 
 #: where the real-regime model ships (built by :data:`REAL_BUILD`; not in the package until it is trained)
 REAL_FOLDER = Path(__file__).parent / "models" / "synthetic-real"
-REAL_BUILD = ("python -m framepress.training --regime real --out runs/synthetic-real --steps 1600 --batch 8 --lr 3e-3 "
+REAL_BUILD = ("python -m framepress.training --regime real --out runs/synthetic-real --steps 3000 --batch 8 --lr 1e-3 "
               "--threads 2 --save-every 25 (resumable from runs/synthetic-real.resume/: add --resume, and --until STEP "
               "to stop early), then copy runs/synthetic-real to src/framepress/models/synthetic-real or pass --model "
               "runs/synthetic-real")

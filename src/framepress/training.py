@@ -18,10 +18,12 @@ affordable on 2 cores (:class:`Regime`): the vision tower, projector and newline
 only the LM trains, and each drawn batch of clips serves ``reuse`` = 3 updates, each with its own reduction; and
 batches keeping all 6,273 tokens (8.9 s a batch of 8, forward and backward, against 0.7 s at a median kept share)
 are 10% of the mix instead of 25%. Measured on this project's machine (AMD EPYC, ``--threads 2``, batch 8): 6.2 s a
-step, 1.2 clips/s (3.6 clip-updates a second). A first run at ``--lr 1.5e-3`` stayed at chance on
-every kind for 580 steps (65 minutes; the loss on the answer ln 4); a single kind at 10% of the tokens and ``--lr
-3e-3`` leaves chance within 150 updates, so the documented run is ``--steps 1600 --batch 8 --lr 3e-3`` (about 2.8
-hours on two free cores).
+step, 1.2 clips/s (3.6 clip-updates a second). Runs so far: at ``--lr 1.5e-3`` (900 steps planned) the answer loss sat at ln 4 (chance, having learned
+only each kind's answer words) for 580 steps, 65 minutes, and was stopped; at ``--lr 3e-3`` it stayed above chance
+and noisier for 200 steps. On one kind (``still``) at 10% of the tokens, ``--lr 3e-3`` leaves chance within 150
+updates; on all seven at 10%, neither lr 1e-3 nor an LM of hidden 128 does within 210. The documented run is the
+packaged recipe's lr over a longer schedule, ``--steps 3000 --batch 8 --lr 1e-3`` (9,000 updates, 24,000 clips;
+about 5.2 hours on two free cores, so spread over sessions with ``--resume``).
 ``--save-every N`` (default 50 for this regime) writes the model, optimizer, schedule and every RNG state to
 ``<out>.resume/``, so that ``--resume`` continues the run exactly where it stopped (the same weights as an
 uninterrupted run), and ``--until S`` stops after step S of the schedule: a run spread over several sessions.
