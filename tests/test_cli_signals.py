@@ -17,9 +17,12 @@ TIMEOUT = 60
 
 
 def start(*argv, code: str = ENTRY) -> tuple[subprocess.Popen, queue.Queue]:
-    """The command, and a queue receiving its stdout lines as they are printed (None at the end)."""
+    """The command, and a queue receiving its stdout lines as they are printed (None at the end). The child gets
+    SIGINT's default action back, as a terminal's foreground job has it: a test run started in the background of a
+    non-interactive shell inherits SIGINT ignored, and Python then leaves it ignored (Ctrl-C would do nothing)."""
     proc = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: queue.Queue = queue.Queue()
 
     def read():
