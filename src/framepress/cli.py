@@ -55,7 +55,18 @@ class Terminated(BaseException):
     does not swallow it and every ``finally`` (temporary files) runs on the way out."""
 
 
+#: the signals that arrived during this main(): a library import that swallows the KeyboardInterrupt (a bare
+#: ``except``) or turns it into another error cannot lose a Ctrl-C
+_received: list[int] = []
+
+
+def _on_sigint(signum, frame):
+    _received.append(signum)
+    raise KeyboardInterrupt
+
+
 def _on_sigterm(signum, frame):
+    _received.append(signum)
     raise Terminated
 
 
@@ -828,7 +839,8 @@ def _set_signals() -> dict:
     if threading.current_thread() is not threading.main_thread():
         return {}
     old = {}
-    for signum, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _on_sigterm)):
+    _received.clear()
+    for signum, handler in ((signal.SIGINT, _on_sigint), (signal.SIGTERM, _on_sigterm)):
         current = signal.getsignal(signum)
         if current is not signal.SIG_IGN:
             old[signum] = signal.signal(signum, handler)
@@ -850,19 +862,23 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 args = build_parser().parse_args(argv)
                 command = f"framepress {args.command}"
-                return args.run(args)
+                status = args.run(args)
             except KeyboardInterrupt:
-                print(f"{command}: interrupted", file=sys.stderr)
-                return 130
+                _received.append(signal.SIGINT)
             except Terminated:
-                print(f"{command}: terminated", file=sys.stderr)
-                return 143
+                _received.append(signal.SIGTERM)
             except (ValueError, TypeError, FileNotFoundError) as exc:  # a bad argument or input, named
-                print(f"{command}: error: {_message(exc)}", file=sys.stderr)
-                return 2
+                status, message = 2, f"{command}: error: {_message(exc)}"
             except (OSError, RuntimeError, MemoryError) as exc:  # the run failed: a write, the network, memory
-                print(f"{command}: error: {_message(exc)}", file=sys.stderr)
-                return 1
+                status, message = 1, f"{command}: error: {_message(exc)}"
+            else:
+                message = None
+            if _received:  # whatever became of the signal's exception on its way here
+                word, status = ("terminated", 143) if signal.SIGTERM in _received else ("interrupted", 130)
+                message = f"{command}: {word}"
+            if message:
+                print(message, file=sys.stderr)
+            return status
     finally:
         for signum, handler in old.items():
             signal.signal(signum, handler)
