@@ -445,7 +445,8 @@ def run_real(out_md: Path, per_kind: int = 300, methods=METHODS, retentions=REAL
         raise RuntimeError(f"no items of {', '.join(missing)} scored after {minutes} minutes: rerun with the same "
                            f"arguments to continue ({journal}), or give more --minutes")
     rows = aggregate(chosen, entries, kinds)
-    meta = {"regime": "real", "per_kind": per_kind, "items": sum(e["count"] for e in entries), "complete": len(entries) == len(bench.chunks()),
+    meta = {"regime": "real", "per_kind": per_kind, "items": sum(e["count"] for e in entries),
+            "complete": len(entries) == len(bench.chunks()),
             "command": command, "date": date.today().isoformat(),
             "machine": f"{_cpu_name()}, {torch.get_num_threads()} threads", "model": shown,
             "minutes_this_run": round((time.time() - started) / 60, 1),

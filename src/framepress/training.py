@@ -18,7 +18,8 @@ affordable on 2 cores (:class:`Regime`): the vision tower, projector and newline
 only the LM trains, and each drawn batch of clips serves ``reuse`` = 3 updates, each with its own reduction; and
 batches keeping all 6,273 tokens (8.9 s a batch of 8, forward and backward, against 0.7 s at a median kept share)
 are 10% of the mix instead of 25%. Measured on this project's machine (AMD EPYC, ``--threads 2``, batch 8): 6.2 s a
-step, 1.2 clips/s (3.6 clip-updates a second). Runs so far: at ``--lr 1.5e-3`` (900 steps planned) the answer loss sat at ln 4 (chance, having learned
+step, 1.2 clips/s (3.6 clip-updates a second). Runs so far: at ``--lr 1.5e-3`` (900 steps planned) the answer
+loss sat at ln 4 (chance, having learned
 only each kind's answer words) for 580 steps, 65 minutes, and was stopped; at ``--lr 3e-3`` it stayed above chance
 and noisier for 200 steps. On one kind (``still``) at 10% of the tokens, ``--lr 3e-3`` leaves chance within 150
 updates; on all seven at 10%, neither lr 1e-3 nor an LM of hidden 128 does within 210. The documented run is the
