@@ -82,6 +82,21 @@ def test_the_schedule_keeps_the_tiny_frame_counts():
     assert {training.schedule(rng, training.REGIMES["real"].frame_choices)[3] for _ in range(200)} == {24, 28, 32}
 
 
+def test_keep_max_bounds_every_reduced_batch_but_the_all_token_ones():
+    """The real regime trains on short sequences: every token-dropping, frame-dropping or merging batch keeps at
+    most ``keep_max`` of its tokens (the tiny regime's shares still reach 100%)."""
+    real = training.REGIMES["real"]
+    rng = np.random.default_rng(1)
+    draws = [training.schedule(rng, real.frame_choices, real.mix, real.keep_max) for _ in range(2000)]
+    assert all(keep == 1.0 for mode, keep, *_ in draws if mode == "all")
+    reduced = [keep for mode, keep, *_ in draws if mode != "all"]
+    assert max(reduced) == real.keep_max and 0.01 <= min(reduced) < 0.012
+    assert {mode for mode, *_ in draws} == {"all", "tokens", "frames", "merge", "evidence"}
+    rng = np.random.default_rng(1)
+    tiny = [training.schedule(rng) for _ in range(2000)]
+    assert max(keep for mode, keep, *_ in tiny if mode == "tokens") > 0.9
+
+
 def test_the_real_regime_trains_only_the_lm_and_reuses_each_batch(tmp_path):
     """The encoder (tower, projector, newline) leaves the run as it was initialised; the LM moves; every step is
     ``reuse`` updates (the schedule counts updates)."""
@@ -97,7 +112,28 @@ def test_the_real_regime_trains_only_the_lm_and_reuses_each_batch(tmp_path):
     assert any(not torch.equal(trained[k], fresh[k]) for k in lm)
     recipe = json.loads((out / "training.json").read_text())
     regime = training.regime_of("real")
-    assert recipe["frozen_encoder"] and recipe["reuse"] == regime.reuse == 3
+    assert recipe["frozen_encoder"] and recipe["reuse"] == regime.reuse == 4
+    assert recipe["keep_max"] == regime.keep_max == 0.3 and recipe["mix"] == list(regime.mix)
     assert recipe["trainable_parameters"] < sum(v.numel() for v in fresh.values())
     state = torch.load(training.resume_folder(tmp_path / "run") / "state.pt", weights_only=False)
     assert state["schedule"]["last_epoch"] == 2 * regime.reuse
+
+
+def test_the_evidence_mode_keeps_every_rows_evidence_frames_and_whole_frames_only():
+    """Mode "evidence" keeps the frames an answer depends on, then random others: a short sequence that still
+    holds the answer; a row whose evidence is every frame gets random frames, as in mode "frames"."""
+    from framepress import synth
+
+    items = [synth.generate(kind, 3, split="train") for kind in ("needle32", "second", "still", "events")]
+    frames, per_frame = 32, 196
+    features = torch.arange(frames * per_frame + 1).float()[None, :, None].expand(len(items), -1, 2).clone()
+    kept, index = training.reduce_tokens(features, frames, "evidence", 0.05, torch.Generator().manual_seed(0),
+                                         [item.evidence for item in items])
+    assert torch.equal(kept[:, :, 0].long(), index) and (index[:, -1] == frames * per_frame).all()
+    width = max(len(item.evidence) for item in items if len(item.evidence) < frames)
+    assert index.shape[1] == width * per_frame + 1
+    for item, row in zip(items, index[:, :-1]):
+        assert (row.diff() > 0).all()  # video order
+        shown = row.view(-1, per_frame) // per_frame
+        assert (shown == shown[:, :1]).all()  # whole frames
+        assert set(item.evidence) <= set(shown[:, 0].tolist()) or len(item.evidence) == frames
