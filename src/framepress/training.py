@@ -190,12 +190,14 @@ def reduce_tokens(
         taken = max(1, round(keep * frames_left))
         priority = torch.rand(B, frames_left, generator=generator)
         if mode == "evidence":
-            marked = torch.zeros(B, frames_left, dtype=torch.bool)
+            if evidence is None or len(evidence) != B:
+                raise ValueError(f"evidence: mode 'evidence' needs one tuple of frames per row ({B}), got {evidence!r}")
+            marked = torch.zeros(B, frames_left)
             for b, shown in enumerate(evidence):
-                marked[b, list(shown)] = True
-            sparse = marked.sum(1) < frames_left
-            taken = max([taken, *marked.sum(1)[sparse].tolist()])
-            priority = priority - marked.float()  # evidence frames sort first, in random order among themselves
+                marked[b, list(shown)] = 1.0
+            counts = marked.sum(1)
+            taken = max([taken, *counts[counts < frames_left].int().tolist()])
+            priority = priority - marked  # evidence frames sort first, in random order among themselves
         chosen = priority.argsort(1)[:, :taken]
         rows = (chosen[:, :, None] * per_frame + torch.arange(per_frame)).reshape(B, -1)
     else:
@@ -425,9 +427,9 @@ def train(out: Path, steps: int, batch: int = 32, lr: float = 1e-3, warmup: int 
         return folder
     extra = {} if regime == "tiny" else {"regime": regime}  # the packaged model's recipe file stays as it was
     if r.frozen_encoder:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         extra |= {"frozen_encoder": True, "reuse": r.reuse, "keep_max": r.keep_max, "mix": list(r.mix),
-                  "trainable_parameters": sum(
-            p.numel() for p in model.parameters() if p.requires_grad)}
+                  "trainable_parameters": trainable}
     save(model, tokenizer, out, {**extra, "steps": steps, "batch": batch, "lr": lr, "warmup": warmup, "seed": seed,
                                  "seconds": round(time.time() - start), "history": history})
     return out
