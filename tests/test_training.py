@@ -22,7 +22,34 @@ def test_the_real_regime_is_llava_onevisions_token_grid():
         features = model.model.get_video_features(video, vision_feature_layer=-1,
                                                   vision_feature_select_strategy="full").pooler_output
     assert features.shape[1] == 32 * 14 * 14 + 1 == 6273  # the family's own pooling, plus the newline
-    assert sum(p.numel() for p in model.parameters()) < 400_000
+    tiny, real = training.config("tiny").to_dict(), training.config("real").to_dict()
+    for side in (tiny, real):  # the tiny architecture at another frame size, with room for 6k positions
+        side["vision_config"].pop("image_size"), side["text_config"].pop("max_position_embeddings")
+        side.pop("image_grid_pinpoints")
+    assert tiny == real
+
+
+def test_warm_start_carries_the_packaged_tiny_model_to_the_real_frame_size():
+    """Every weight is the tiny model's but the SigLIP position table, resized from its 12x12 grid to 27x27 (a
+    bicubic resize: the corner positions keep their embeddings up to the resize's edge weighting)."""
+    import transformers
+
+    from framepress import packaged
+
+    tiny = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(packaged.path()).state_dict()
+    model = transformers.LlavaOnevisionForConditionalGeneration(training.config("real"))
+    training.warm_start(model, packaged.path())
+    real = model.state_dict()
+    key = "model.vision_tower.embeddings.position_embedding.weight"
+    assert tiny[key].shape[0] == 144 and real[key].shape[0] == 729
+    assert all(torch.equal(real[k], tiny[k]) for k in tiny if k != key and not k.endswith("position_ids"))
+    old, new = tiny[key].view(12, 12, -1), real[key].view(27, 27, -1)
+    assert torch.nn.functional.cosine_similarity(old[0, 0], new[0, 0], 0) > 0.9
+    assert torch.nn.functional.cosine_similarity(old[-1, -1], new[-1, -1], 0) > 0.9
+    other = transformers.LlavaOnevisionForConditionalGeneration(training.config("real"))
+    other.model.multi_modal_projector = torch.nn.Identity()
+    with pytest.raises(ValueError, match="init: .* is not the tiny architecture"):
+        training.warm_start(other, packaged.path())
 
 
 def test_the_tiny_regime_is_unchanged():
@@ -105,7 +132,9 @@ def test_the_real_regime_trains_only_the_lm_and_reuses_each_batch(tmp_path):
     out = small_run(tmp_path / "run")
     trained = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(out).state_dict()
     torch.manual_seed(0)  # what train() seeds before building the model
-    fresh = transformers.LlavaOnevisionForConditionalGeneration(training.config("real")).state_dict()
+    start = transformers.LlavaOnevisionForConditionalGeneration(training.config("real"))
+    training.warm_start(start, training.packaged.path())
+    fresh = start.state_dict()
     encoder = [k for k in fresh if "vision_tower" in k or "multi_modal_projector" in k or "image_newline" in k]
     assert encoder and all(torch.equal(trained[k], fresh[k]) for k in encoder)
     lm = [k for k in fresh if "language_model" in k]
@@ -114,6 +143,7 @@ def test_the_real_regime_trains_only_the_lm_and_reuses_each_batch(tmp_path):
     regime = training.regime_of("real")
     assert recipe["frozen_encoder"] and recipe["reuse"] == regime.reuse == 4
     assert recipe["keep_max"] == regime.keep_max == 0.3 and recipe["mix"] == list(regime.mix)
+    assert regime.init == "tiny" and "packaged tiny model" in recipe["init"]
     assert recipe["trainable_parameters"] < sum(v.numel() for v in fresh.values())
     state = torch.load(training.resume_folder(tmp_path / "run") / "state.pt", weights_only=False)
     assert state["schedule"]["last_epoch"] == 2 * regime.reuse

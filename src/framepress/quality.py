@@ -58,10 +58,10 @@ KINDS = ("needle", "count", "color", "order", "static")
 
 #: where the real-regime model ships (built by :data:`REAL_BUILD`; not in the package until it is trained)
 REAL_FOLDER = Path(__file__).parent / "models" / "synthetic-real"
-REAL_BUILD = ("python -m framepress.training --regime real --out runs/synthetic-real --steps 3000 --batch 8 --lr 1e-3 "
-              "--threads 2 --save-every 25 (resumable from runs/synthetic-real.resume/: add --resume, and --until STEP "
-              "to stop early), then copy runs/synthetic-real to src/framepress/models/synthetic-real or pass --model "
-              "runs/synthetic-real")
+REAL_BUILD = ("python -m framepress.training --regime real --out runs/synthetic-real --steps 260 --batch 16 --lr 1e-3 "
+              "--threads 2 --eval-every 0 (from the packaged tiny model; resumable from runs/synthetic-real.resume/: add "
+              "--resume, and --until STEP to stop early), then copy runs/synthetic-real to "
+              "src/framepress/models/synthetic-real or pass --model runs/synthetic-real")
 REAL_KINDS = tuple(synth.REAL_KINDS)
 REAL_CHUNK = 10  # clips encoded at once and journaled together
 #: the real bench's default grid, sized for an hour of 2 cores: every method where the papers separate them (2% and
@@ -638,7 +638,7 @@ def markdown_real(rows: list[dict], meta: dict, picture: str) -> str:
         "",
         "**A proxy, not a benchmark:** a LLaVA-OneVision architecture at toy size trained here on `framepress.synth` "
         f"real-regime clips (`python -m framepress.training --regime real`). Held-out test sets, {items} balanced "
-        "items per question kind, 32 frames of 108x108 (27x27 patches pooled to 14x14: 6,272 video tokens, "
+        "items per question kind, 32 frames of 216x216 (27x27 patches of 8 px pooled to 14x14: 6,272 video tokens, "
         "LLaVA-OneVision-7B's regime at 32 frames, where 2% is 125 tokens and 1% is 63). Chance is 25% on every "
         "kind. The answer is the greedy first token. Every setting answers the same items, so differences between "
         "methods carry paired errors (a method and its neighbour mostly fail on the same items), much smaller than "
@@ -666,19 +666,25 @@ def markdown_real(rows: list[dict], meta: dict, picture: str) -> str:
     recipe_file = (REAL_FOLDER if meta["model"] == "real" else Path(meta["model"])) / "training.json"
     recipe = json.loads(recipe_file.read_text()) if recipe_file.is_file() else {}
     if recipe:
-        frozen = (f" The vision tower, projector and newline stay at their random initialisation (a fixed random-"
-                  f"feature encoder; {recipe.get('trainable_parameters', 0):,} trainable LM parameters), and each "
-                  f"drawn batch of clips serves {recipe['reuse']} updates with their own reductions."
+        start = (f" It starts from {recipe['init']}." if recipe.get("init") else " It starts from random weights.")
+        frozen = (f" The vision tower, projector and newline stay as they start "
+                  f"({recipe.get('trainable_parameters', 0):,} trainable LM parameters), and each drawn batch of "
+                  f"clips serves {recipe['reuse']} updates with their own reductions."
                   if recipe.get("frozen_encoder") else "")
+        keep_max = recipe.get("keep_max", 1.0)
+        share_all = recipe.get("mix", [None])[0]
         lines += [
             "",
             "## How the model was trained",
             "",
             f"`python -m framepress.training --regime real --steps {recipe['steps']} --batch {recipe['batch']} --lr "
             f"{recipe['lr']} --threads 2` (seed {recipe['seed']}, AdamW, {recipe['warmup']} warm-up updates, cosine "
-            f"decay to 10%): {recipe['seconds'] / 60:.0f} minutes on this machine's 2 CPU cores.{frozen} Each update "
-            "keeps all video tokens or drops a random share (1-100%, log-uniform), drops whole frames or averages "
-            "frame pairs, with original or re-assigned positions, at 24-32 frames (`framepress.training`).",
+            f"decay to 10%): {recipe['seconds'] / 60:.0f} minutes on this machine's 2 CPU cores.{start}{frozen} Each "
+            + (f"update keeps all video tokens ({100 * share_all:.0f}% of updates) or " if share_all is not None
+               else "update keeps all video tokens or ")
+            + f"drops a random share (keeping 1-{100 * keep_max:.0f}%, log-uniform), drops whole frames (some "
+            "updates keeping each clip's evidence frames) or averages frame pairs, with original or re-assigned "
+            "positions, at 24-32 frames (`framepress.training`).",
         ]
         for h in recipe.get("history", []):
             lines.append(f"- step {h['step']} ({h['seconds'] / 60:.0f} min), held-out accuracy at full tokens: "

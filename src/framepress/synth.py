@@ -16,9 +16,9 @@ test items come from disjoint seed streams, and :func:`test_set` is the fixed he
 [F, S, S, 3]; the default 16 frames at 96 px give the 6x6 token grid of the packaged tiny model (patch 8, then
 the family's 2x2 pooling). :func:`demo_video` is a longer two-scene clip with a cut.
 
-**The real regime** (:data:`REAL_KINDS`): 32 frames at 108 px, a 27x27 patch grid (patch 4) that LLaVA-OneVision's
+**The real regime** (:data:`REAL_KINDS`): 32 frames at 216 px, a 27x27 patch grid (patch 8) that LLaVA-OneVision's
 pooling turns into 14x14 tokens a frame, 6,272 video tokens as in LLaVA-OneVision-7B at 32 frames. Sizes are in
-token cells (``size / 14``, 7.7 px): a needle is about one cell, so a method that drops or averages the wrong few
+token cells (``size / 14``, 15.4 px): a needle is about one cell, so a method that drops or averages the wrong few
 tokens loses it, and most evidence sits in one or two of the 32 frames, so uniform frame dropping at low retention
 misses it. The kinds:
 
@@ -31,8 +31,8 @@ misses it. The kinds:
 - ``direction``: a small object drifts about 0.15 cells a frame (one or two frames cannot tell the way it moves).
 - ``still``: the colour of the one still object among moving distractors, a control.
 
-They are balanced and split like the others; :func:`generate` defaults to 32 frames at 108 px for them
-(:data:`REAL_FRAMES`, :data:`REAL_SIZE`) and renders every frame at once (a few ms an item).
+They are balanced and split like the others; :func:`generate` defaults to 32 frames at 216 px for them
+(:data:`REAL_FRAMES`, :data:`REAL_SIZE`) and renders every frame at once (about 30 ms an item at 216 px).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ REAL_KINDS = {
     "direction": ("which way does the small object move", DIRECTIONS),
     "still": ("what color is the still object", ANSWER_COLORS),
 }
-REAL_FRAMES, REAL_SIZE = 32, 108  # 27x27 patches of 4 px, pooled to 14x14 tokens a frame
+REAL_FRAMES, REAL_SIZE = 32, 216  # 27x27 patches of 8 px, pooled to 14x14 tokens a frame
 SPLITS = ("train", "test")
 
 
@@ -202,7 +202,7 @@ def generate(
         kind: one of :data:`KINDS` or :data:`REAL_KINDS`.
         index: the item's number; its answer is ``choices[index % len(choices)]``.
         split: "train" or "test": disjoint seed streams.
-        frames, size: clip length and frame side in pixels (default: 16 and 96 for :data:`KINDS`, 32 and 108 for
+        frames, size: clip length and frame side in pixels (default: 16 and 96 for :data:`KINDS`, 32 and 216 for
             :data:`REAL_KINDS`).
         textured: True or False for a textured or plain background; None picks one per item.
         seed: another stream of items altogether.

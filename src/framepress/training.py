@@ -9,27 +9,19 @@ whole frames, or averages adjacent frames' tokens (temporal merging), and gives 
 original position ids or contiguous re-assigned ones (STTM's default). Frame counts vary (8 to 16).
 
 ``--regime real`` trains the same recipe in LLaVA-OneVision's real token regime (:data:`REGIMES`): 32 frames of
-108 px, a 27x27 patch grid (patch 4) that the family's own bilinear pooling turns into ceil(27/2) = 14x14 tokens a
-frame, 6,272 video tokens, over :data:`framepress.synth.REAL_KINDS` (24 to 32 frames a batch). The model is small
-so that a step is cheap on CPUs: SigLIP hidden 64 x 2 layers, qwen2 hidden 64 x 4 layers (so every method's
-in-LLM and decode parts find their layers, as on the packaged model), 355,712 parameters. Two choices make it
-affordable on 2 cores (:class:`Regime`): the vision tower, projector and newline keep their random initialisation
-(a fixed random-feature encoder: a backward pass through 32 x 729 patches a clip cost 3.2 of a batch's 5.1 s), so
-only the LM trains, and each drawn batch of clips serves ``reuse`` updates, each with its own reduction; and batches
-keeping all 6,273 tokens (8.9 s a batch of 8, forward and backward, against 0.7 s at a median kept share) are a
-small share of the mix (:data:`REGIMES`). Measured on this project's machine with the first real mix (10% all-token
-batches, reuse 3) (AMD EPYC, ``--threads 2``, batch 8): 6.2 s a step, 1.2 clips/s (3.6 clip-updates a second). Runs
-so far: at ``--lr 1.5e-3`` (900 steps planned) the answer loss sat at ln 4 (chance, having learned only each kind's
-answer words) for 580 steps, 65 minutes, and was stopped; at ``--lr 3e-3`` it stayed above chance and noisier for
-200 steps. On one kind (``still``) at 10% of the tokens, ``--lr 3e-3`` leaves chance within 150 updates; on all
-seven at 10%, neither lr 1e-3 nor an LM of hidden 128 does within 210. Then (2026-12-02) the mix moved to short
-sequences (``keep_max`` 0.3, 3% all-token batches, ``reuse`` 4) and a mode keeping each clip's evidence frames (40%
-of batches, so the answer's gradient is not noise): ``--steps 1400 --lr 3e-3`` without the evidence mode stayed at
-chance for 350 steps (stopped), and ``--steps 1100 --lr 3e-3`` with it ran to the end (4,400 updates, 70 min, 3.8 s
-a step) and ended at chance on every kind (running loss 0.70). The model does not learn this task at this size and
-budget on CPUs yet. The command below is what to try with more time, ``--steps 3000 --batch 8 --lr 1e-3`` (9,000
-updates, 24,000 clips; about 5.2 hours on two free cores, so spread over sessions with ``--resume``).
-``--save-every N`` (default 50 for this regime) writes the model, optimizer, schedule and every RNG state to
+216 px, a 27x27 patch grid (patch 8) that the family's own bilinear pooling turns into ceil(27/2) = 14x14 tokens a
+frame, 6,272 video tokens, over :data:`framepress.synth.REAL_KINDS` (24 to 32 frames a batch). It starts from the
+packaged tiny model (:func:`warm_start`: the same architecture, its SigLIP position table resized from 12x12 to
+27x27; a real-regime token covers 15.4 px, the tiny model's 16 px, so objects look alike to it) and trains only the
+LM: the vision tower, projector and newline stay as the tiny run left them (as LLaVA freezes its tower), so a
+batch's features are computed once, without a backward pass, and serve ``reuse`` updates, each with its own
+reduction. Most batches are short (kept shares log-uniform from 1% to ``keep_max`` 0.3; 5% of batches keep all
+6,273 tokens) and 40% keep each clip's evidence frames (mode "evidence"), so the answer's gradient is not noise.
+Why the warm start: from random weights (a random frozen encoder and an LM of hidden 64) every CPU run here stayed
+at chance on every kind, the longest 4,400 updates (70 minutes); from the tiny model the answer accuracy rises
+within 100 updates (``still`` is right from the start: the tiny model learned colours). Rebuilding it is the tiny
+recipe (36 minutes) and then :data:`framepress.quality.REAL_BUILD` (docs/quality.md records the run's time).
+``--save-every N`` (default 25 for this regime) writes the model, optimizer, schedule and every RNG state to
 ``<out>.resume/``, so that ``--resume`` continues the run exactly where it stopped (the same weights as an
 uninterrupted run), and ``--until S`` stops after step S of the schedule: a run spread over several sessions.
 """
@@ -48,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import synth
+from . import packaged, synth
 from .models.tiny import BOS, EOS, IMAGE, PAD, VIDEO, tiny_tokenizer
 from .prompt import CLIP_MEAN, CLIP_STD
 
@@ -82,6 +74,8 @@ class Regime:
     #: sequences cost attention quadratically, so the real regime trains on short ones and sees all tokens in
     #: its "all" batches only
     keep_max: float = 1.0
+    #: the regime whose packaged model the run starts from (:func:`warm_start`), or None: random weights
+    init: str | None = None
 
     @property
     def side(self) -> int:
@@ -98,11 +92,12 @@ REGIMES = {
         save_every=0,
     ),
     "real": Regime(
-        "real", synth.REAL_SIZE, 4, synth.REAL_FRAMES, (24, 28, 32, 32, 32), tuple(synth.REAL_KINDS),
-        vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2),
-        text=dict(num_hidden_layers=4, hidden_size=64, intermediate_size=192, num_attention_heads=4,
+        "real", synth.REAL_SIZE, 8, synth.REAL_FRAMES, (24, 28, 32, 32, 32), tuple(synth.REAL_KINDS),
+        vision=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4),
+        text=dict(num_hidden_layers=4, hidden_size=128, intermediate_size=384, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=8192),
-        save_every=50, mix=(0.03, 0.2, 0.2, 0.07, 0.1, 0.4), frozen_encoder=True, reuse=4, keep_max=0.3,
+        save_every=25, mix=(0.05, 0.2, 0.2, 0.05, 0.1, 0.4), frozen_encoder=True, reuse=4, keep_max=0.3,
+        init="tiny",
     ),
 }
 
@@ -130,6 +125,27 @@ def config(regime: str = "tiny"):
         vision_feature_select_strategy="full",
         vision_feature_layer=-1,
     )
+
+
+def warm_start(model, folder: Path) -> None:
+    """Load the packaged tiny model at ``folder`` into ``model`` (the same architecture at another frame size), in
+    place: its SigLIP position embeddings, a 12x12 grid at 96 px, are resized bicubically to ``model``'s patch grid
+    (27x27 at 216 px), the way ViTs are carried to a new resolution; every other weight is the tiny model's."""
+    import transformers as tf
+
+    weights = tf.LlavaOnevisionForConditionalGeneration.from_pretrained(folder).state_dict()
+    key = "model.vision_tower.embeddings.position_embedding.weight"
+    table = weights[key]
+    side = math.isqrt(table.shape[0])
+    target = model.state_dict()[key]
+    new = math.isqrt(target.shape[0])
+    grid = table.T.reshape(1, -1, side, side).float()
+    grid = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    weights[key] = grid.reshape(-1, new * new).T.to(table.dtype).contiguous()
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    left = [k for k in missing if not k.endswith("position_ids")]
+    if left or unexpected:
+        raise ValueError(f"init: {folder} is not the tiny architecture (missing {left}, unexpected {unexpected})")
 
 
 def pixels(frames: np.ndarray) -> torch.Tensor:
@@ -352,7 +368,10 @@ def train(out: Path, steps: int, batch: int = 32, lr: float = 1e-3, warmup: int 
     generator = torch.Generator().manual_seed(seed)
     cfg = config(regime)
     cfg._attn_implementation = "sdpa"
-    model = tf.LlavaOnevisionForConditionalGeneration(cfg).to(device).train()
+    model = tf.LlavaOnevisionForConditionalGeneration(cfg)
+    if r.init:
+        warm_start(model, packaged.path())
+    model = model.to(device).train()
     if r.frozen_encoder:
         for part in (model.model.vision_tower, model.model.multi_modal_projector):
             part.requires_grad_(False)
@@ -368,6 +387,8 @@ def train(out: Path, steps: int, batch: int = 32, lr: float = 1e-3, warmup: int 
     recipe = {"regime": regime, "steps": steps, "batch": batch, "lr": lr, "warmup": warmup, "seed": seed}
     if r.frozen_encoder:
         recipe |= {"reuse": r.reuse, "frozen_encoder": True, "keep_max": r.keep_max, "mix": list(r.mix)}
+    if r.init:
+        recipe["init"] = r.init
     kinds = r.kinds
     history, running, done, spent = [], None, 0, 0.0
     recent: dict[str, deque] = {}  # each kind's last 100 training answers, right or wrong (for the log)
@@ -430,6 +451,8 @@ def train(out: Path, steps: int, batch: int = 32, lr: float = 1e-3, warmup: int 
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         extra |= {"frozen_encoder": True, "reuse": r.reuse, "keep_max": r.keep_max, "mix": list(r.mix),
                   "trainable_parameters": trainable}
+    if r.init:
+        extra["init"] = f"the packaged {r.init} model (framepress/models/synthetic), position embeddings resized"
     save(model, tokenizer, out, {**extra, "steps": steps, "batch": batch, "lr": lr, "warmup": warmup, "seed": seed,
                                  "seconds": round(time.time() - start), "history": history})
     return out
@@ -457,7 +480,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--save-every", type=int, default=None,
-                        help="steps between resumable states in OUT.resume/ (default: 0 for tiny, 50 for real)")
+                        help="steps between resumable states in OUT.resume/ (default: 0 for tiny, 25 for real)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in OUT.resume/")
     parser.add_argument("--until", type=int, default=None, help="stop after this step (continue later with --resume)")
     parser.add_argument("--device", default="cpu", help="where the model trains: cpu (default), cuda, ...")
