@@ -169,3 +169,23 @@ def test_the_paper_ranking_is_checked_pair_by_pair():
     assert "paper: unified > visionzip; here -2.5 ± " in text and "reversed, within the error" in text
     ranking = "\n".join(quality.ranking_lines(rows[1:], "2%", full))
     assert ranking.index("visionzip") < ranking.index("unified") < ranking.index("holitom")
+
+
+def test_the_shipped_real_model_answers_what_it_learned(tmp_path):
+    """The real-regime model in the package loads with from_pretrained and, at full tokens on held-out clips,
+    answers the control (``still``) and the scene cut far above chance (25%); the bench runs from it by default."""
+    import transformers
+
+    folder = quality.real_path()
+    model = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(folder).eval()
+    prompts = training.Prompts(transformers.AutoTokenizer.from_pretrained(folder))
+    accuracy = training.evaluate(model, prompts, 8, kinds=("still", "cut"), regime="real", batch=4)
+    assert accuracy["still"] >= 0.75 and accuracy["cut"] >= 0.75, accuracy
+    recipe = json.loads((folder / "training.json").read_text())
+    assert recipe["regime"] == "real" and recipe["frozen_encoder"] and "packaged tiny model" in recipe["init"]
+    out = tmp_path / "q.md"
+    assert main(["bench-quality", "--regime", "real", "--per-kind", "2", "--methods", "random", "--retentions", "0.02",
+                 "--kinds", "still", "--calibration", "none", "--batch", "2", "--quiet", "--out", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["meta"]["model"] == "real" and data["rows"][0]["items"] == {"still": 2}
+    assert "It starts from the packaged tiny model" in out.read_text()
