@@ -655,6 +655,15 @@ def markdown_real(rows: list[dict], meta: dict, picture: str) -> str:
         f"![accuracy vs retention]({picture})",
         "",
     ]
+    lines += [
+        "**Reading it.** The model was trained under random token dropping, frame dropping and frame merging "
+        "(`framepress.training`), so random dropping is in its training distribution and is a strong baseline "
+        "here, stronger than on a pretrained Video-LLM; FastV keeps every token up to its layer, where this 4-layer "
+        "LM has already read the video. Each ranking table says, pair by pair, whether a method is separated from "
+        "the next beyond the paired 95% interval; where it says no, the items scored so far cannot order them "
+        "(rerun the command to add items: the journal keeps every chunk).",
+        "",
+    ]
     for label, chosen in (("2%", (0.02, "2%", "2%/1%")), ("1%", (0.01, "1%", "1%/0.5%"))):
         at = [r for r in rows if r["retention"] in chosen]
         if not at:
