@@ -85,20 +85,19 @@ class Regime:
         return math.ceil(self.size // self.patch / 2)
 
 
+#: the packaged tiny model's SigLIP tower and qwen2 LM (the real regime starts from it: the same sizes)
+TINY_VISION = dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4)
+TINY_TEXT = dict(num_hidden_layers=4, hidden_size=128, intermediate_size=384, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=4096)
+
 REGIMES = {
     "tiny": Regime(
-        "tiny", SIZE, PATCH, FRAMES, (8, 12, 16, 16, 16), tuple(synth.KINDS),
-        vision=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4),
-        text=dict(num_hidden_layers=4, hidden_size=128, intermediate_size=384, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=4096),
+        "tiny", SIZE, PATCH, FRAMES, (8, 12, 16, 16, 16), tuple(synth.KINDS), vision=TINY_VISION, text=TINY_TEXT,
         save_every=0,
     ),
     "real": Regime(
         "real", synth.REAL_SIZE, 8, synth.REAL_FRAMES, (24, 28, 32, 32, 32), tuple(synth.REAL_KINDS),
-        vision=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4),
-        text=dict(num_hidden_layers=4, hidden_size=128, intermediate_size=384, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=8192),
-        save_every=25, mix=(0.05, 0.2, 0.2, 0.05, 0.1, 0.4), frozen_encoder=True, reuse=4, keep_max=0.3,
+        vision=TINY_VISION, text={**TINY_TEXT, "max_position_embeddings": 8192}, save_every=25, mix=(0.05, 0.2, 0.2, 0.05, 0.1, 0.4), frozen_encoder=True, reuse=4, keep_max=0.3,
         init="tiny",
     ),
 }
@@ -139,8 +138,7 @@ def warm_start(model, folder: Path) -> None:
     key = "model.vision_tower.embeddings.position_embedding.weight"
     table = weights[key]
     side = math.isqrt(table.shape[0])
-    target = model.state_dict()[key]
-    new = math.isqrt(target.shape[0])
+    new = math.isqrt(model.model.vision_tower.embeddings.position_embedding.num_embeddings)
     grid = table.T.reshape(1, -1, side, side).float()
     grid = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
     weights[key] = grid.reshape(-1, new * new).T.to(table.dtype).contiguous()
